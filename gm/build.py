@@ -1,0 +1,47 @@
+"""Building the model from a config file and loading its weights."""
+import os
+
+import numpy as np
+from mindspore import Tensor
+from omegaconf import OmegaConf
+
+from gm.layout import check_layout, model_parameters
+from gm.util import instantiate_from_config
+from gm.weight_files import open_weights
+
+
+class ConfigError(Exception):
+    """A config file that is missing or not a model config."""
+
+
+def load_config(path):
+    """Read a YAML model config (``model: {target, params}``)."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        config = OmegaConf.load(path)
+    except Exception as e:  # omegaconf/yaml raise many types for a bad file
+        raise ConfigError(f"{path}: not a readable YAML config ({type(e).__name__})") from None
+    if "model" not in config or "target" not in config.model:
+        raise ConfigError(f"{path}: not a model config (no model.target)")
+    return config
+
+
+def load_weights(model, path):
+    """Load a ``.ckpt`` or official ``.safetensors`` into ``model``, tensor by tensor."""
+    with open_weights(path) as reader:
+        params = model_parameters(model)
+        check_layout({k: p.shape for k, p in params.items()}, {k: reader.shape(k) for k in reader.keys()}, path)
+        for name, param in params.items():
+            param.set_data(Tensor(np.array(reader.get(name), dtype=np.float32)).astype(param.dtype))
+
+
+def build_model(config, weights=None):
+    """DiffusionEngine from a config (path or loaded) and optional weights (path)."""
+    if isinstance(config, str):
+        config = load_config(config)
+    model = instantiate_from_config(config.model)
+    if weights:
+        load_weights(model, weights)
+    model.set_train(False)
+    return model

@@ -1,0 +1,49 @@
+"""The official SDXL single-file layout of a model config: every key, its shape and kind."""
+from mindspore.nn.utils import no_init_parameters
+
+from gm.util import instantiate_from_config
+from gm.weight_files import WeightFileError
+
+POSITION_IDS = "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"
+LOGIT_SCALE = "conditioner.embedders.1.model.logit_scale"
+# Keys of official files that are buffers of the reference code, not weights: written by
+# tools/random_checkpoint.py like the official file has them, skipped when loading.
+IGNORED_KEYS = (POSITION_IDS, LOGIT_SCALE, "denoiser.sigmas")
+
+
+def model_parameters(model):
+    """{name: Parameter} of the weights a checkpoint must provide (textual-inversion rows excluded)."""
+    return {p.name: p for p in model.get_parameters() if not p.name.endswith(".extra")}
+
+
+def official_layout(config):
+    """{key: (shape, "weight" | "buffer")} for a config path, without allocating the weights."""
+    from gm.build import load_config
+
+    config = load_config(config) if isinstance(config, str) else config
+    with no_init_parameters():
+        model = instantiate_from_config(config.model)
+    layout = {name: (tuple(p.shape), "weight") for name, p in model_parameters(model).items()}
+    max_length = config.model.params.conditioner_config.params.emb_models[0].params.get("max_length", 77)
+    layout[POSITION_IDS] = ((1, max_length), "buffer")
+    layout[LOGIT_SCALE] = ((), "buffer")
+    return layout
+
+
+def check_layout(expected, found, path):
+    """Raise WeightFileError (counts and first names) unless ``found`` {key: shape} fits ``expected``."""
+    found = {k: tuple(s) for k, s in found.items() if k not in IGNORED_KEYS}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != found[k])
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} of another shape (e.g. {k}: file {list(found[k])}, model {list(expected[k])})")
+    raise WeightFileError(f"{path}: does not fit the model config: " + "; ".join(parts))

@@ -1,0 +1,25 @@
+"""The diffusion training loss of generative-models."""
+from mindspore import nn
+
+from gm.util import instantiate_from_config
+
+EPS_WEIGHTING = {"target": "gm.modules.diffusionmodules.denoiser_weighting.EpsWeighting"}
+
+
+class StandardDiffusionLoss(nn.Cell):
+    """Per-sample mean of w(sigma) * (denoised - x0)^2; with EpsWeighting this is the eps MSE.
+
+    The noise level is drawn on the host by ``sigma_sampler`` (x_noisy = x0 + noise * sigma) so
+    training steps stay reproducible and resumable.
+    """
+
+    def __init__(self, sigma_sampler_config, loss_weighting_config=None, loss_type="l2"):
+        super().__init__()
+        if loss_type != "l2":
+            raise ValueError(f"unsupported loss_type {loss_type!r} (only 'l2')")
+        self.sigma_sampler = instantiate_from_config(sigma_sampler_config)
+        self.loss_weighting = instantiate_from_config(loss_weighting_config or EPS_WEIGHTING)
+
+    def construct(self, denoised, target, sigma):
+        w = self.loss_weighting(sigma).reshape(-1, 1, 1, 1)
+        return (w * (denoised - target) ** 2).reshape(target.shape[0], -1).mean(axis=1)
