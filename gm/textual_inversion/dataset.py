@@ -1,0 +1,302 @@
+"""Training data for textual inversion: a folder of images, a finite set of views, a seeded order.
+
+Latents are cached, so every (image, crop, flip) the trainer can see is enumerated once as a
+:class:`View`; :meth:`TIDataset.sample` then picks, for each sample of a step, a view id and a prompt,
+deterministically from (seed, global sample index), so a resumed run sees the same data as an
+uninterrupted one and data-parallel ranks split one global batch.
+
+Preprocessing (per image): EXIF orientation applied, converted to RGB, short side resized to
+``resolution`` (bicubic; long side ``int(resolution * long / short)`` as torchvision's Resize), then
+cropped to a square. Center crop gives one crop per image; random crop uses up to
+``RANDOM_CROPS`` (4) distinct offsets per image drawn once from the seed (fewer when the image
+has fewer possible positions, e.g. one for a square image). With ``0 < flip_p < 1`` every crop also
+has a mirrored view; ``flip_p == 1`` keeps only mirrored views, ``flip_p == 0`` none.
+
+SDXL size conditioning follows diffusers' train_text_to_image_sdxl.py: ``original_size`` is (h, w)
+of the image before resizing, and a mirrored view is a crop of the horizontally flipped resized
+image, so its ``crop_coords_top_left`` is (top, left) in that flipped image. For a random crop at
+``left`` that is ``W - left - resolution`` (the mirror of the unflipped crop, W the resized width);
+for a center crop it is the centered offset again, ``round((W - resolution) / 2)``.
+"""
+import numbers
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from gm.cli import UsageError
+from gm.textual_inversion.templates import check_property, load_templates
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+RANDOM_CROPS = 4
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+# Separate random streams, so that e.g. the number of templates never changes the crop offsets.
+_CROP_STREAM, _EPOCH_STREAM, _SAMPLE_STREAM = 0, 1, 2
+
+
+def placeholder_tokens(placeholder_token, num_vectors):
+    """``[tok, tok_1, ..., tok_{N-1}]``: the tokens the placeholder expands to."""
+    return [placeholder_token] + [f"{placeholder_token}_{i}" for i in range(1, num_vectors)]
+
+
+def to_rgb(image):
+    """Any PIL mode -> RGB: alpha composited over white, 16-bit scaled to 8-bit."""
+    if image.mode in _INT_MODES:
+        values = np.asarray(image, np.float64)
+        if image.mode != "I" or values.max() > 255:
+            values = values / 257.0
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def image_files(folder):
+    """Sorted image paths of ``folder`` (by name; hidden files skipped); UsageError if there are none."""
+    if not os.path.exists(folder):
+        raise UsageError(f"--data_path {folder}: no such folder")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--data_path {folder}: not a folder (expected a folder of images)")
+    names = sorted(n for n in os.listdir(folder)
+                   if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
+                   and os.path.isfile(os.path.join(folder, n)))
+    if not names:
+        raise UsageError(f"--data_path {folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+    return [os.path.join(folder, n) for n in names]
+
+
+def read_image(path):
+    """The image at ``path`` as RGB, or None (with a warning naming the file) if it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        warnings.warn(f"--data_path: skipping unreadable image {path} ({e})", stacklevel=2)
+        return None
+
+
+def iter_images(folder):
+    """Yield ``(path, RGB image)`` for the readable images of ``folder``, one at a time, by name."""
+    paths = image_files(folder)
+    found = 0
+    for path in paths:
+        image = read_image(path)
+        if image is not None:
+            found += 1
+            yield path, image
+    if not found:
+        raise UsageError(f"--data_path {folder}: none of its {len(paths)} image files could be read")
+
+
+def load_images(folder):
+    """``[(path, RGB PIL image)]`` of the readable images of ``folder``, sorted by name."""
+    return list(iter_images(folder))
+
+
+def read_caption(image_path, placeholder_token):
+    """Caption templates of an image from ``<stem>.txt`` beside it, or None if there is none.
+
+    Each non-empty line is one caption (one is picked per sample). The placeholder is written as
+    ``{}`` or as the placeholder token itself; the token is returned as ``{}``. A line with neither
+    is a UsageError naming the file (the sample would not train the token).
+    """
+    stem = os.path.splitext(image_path)[0]
+    folder, base = os.path.split(stem)
+    matches = [n for n in os.listdir(folder or ".")
+               if n.lower().endswith(".txt") and os.path.splitext(n)[0] == base]
+    if not matches:
+        return None
+    path = os.path.join(folder, sorted(matches)[0])
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--data_path: caption {path}: cannot read it as UTF-8 text ({e})") from e
+    captions = []
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        line = line.replace(placeholder_token, "{}")
+        if "{}" not in line:
+            raise UsageError(f"--data_path: caption {path} line {number} mentions neither {{}} nor "
+                             f"{placeholder_token}: {line!r}")
+        captions.append(line)
+    if not captions:
+        raise UsageError(f"--data_path: caption {path} is empty")
+    return captions
+
+
+def resize_short_side(image, resolution):
+    """Resize so the short side is ``resolution`` (bicubic); long side truncated as torchvision."""
+    w, h = image.size
+    if min(w, h) == resolution:
+        return image
+    if w <= h:
+        size = (resolution, int(resolution * h / w))
+    else:
+        size = (int(resolution * w / h), resolution)
+    return image.resize(size, Image.BICUBIC)
+
+
+@dataclass(frozen=True)
+class View:
+    """One distinct training array: a square crop of a resized image, maybe mirrored.
+
+    ``crop_coords_top_left`` is (top, left) in the resized image, flipped first if ``flipped``.
+    """
+    image_index: int
+    crop_index: int
+    flipped: bool
+    original_size: tuple
+    crop_coords_top_left: tuple
+    target_size: tuple
+    resized: np.ndarray = field(repr=False, compare=False)
+
+    @property
+    def pixels(self):
+        """float32 [3, resolution, resolution] in [-1, 1]."""
+        source = self.resized[:, ::-1] if self.flipped else self.resized
+        top, left = self.crop_coords_top_left
+        h, w = self.target_size
+        crop = source[top:top + h, left:left + w].astype(np.float32)
+        return np.ascontiguousarray((crop / 127.5 - 1.0).transpose(2, 0, 1))
+
+
+def _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed):
+    if not isinstance(placeholder_token, str) or not placeholder_token or placeholder_token.split() != [
+            placeholder_token] or "{}" in placeholder_token:
+        raise UsageError(f"--placeholder_token {placeholder_token!r}: expected one word without spaces "
+                         "or {}, e.g. <cat-toy>")
+    if not isinstance(num_vectors, numbers.Integral) or num_vectors < 1:
+        raise UsageError(f"--num_vectors {num_vectors}: expected an integer of at least 1")
+    check_property(learnable_property)
+    if not isinstance(resolution, numbers.Integral) or resolution <= 0 or resolution % 8:
+        raise UsageError(f"--resolution {resolution}: expected a positive multiple of 8")
+    if not 0.0 <= flip_p <= 1.0:
+        raise UsageError(f"--flip_p {flip_p}: expected a probability in [0, 1]")
+    if not isinstance(repeats, numbers.Integral) or repeats < 1:
+        raise UsageError(f"--repeats {repeats}: expected an integer of at least 1")
+    if not isinstance(seed, numbers.Integral) or seed < 0:
+        raise UsageError(f"--seed {seed}: expected a non-negative integer")
+
+
+class TIDataset:
+    """Images of ``folder`` as a finite list of views plus a seeded, resumable sample order.
+
+    Attributes: ``paths`` (readable images, by name), ``captions`` (per image: list of caption
+    templates or None), ``templates``, ``views`` (list of :class:`View`; a view id is its index),
+    ``epoch_length`` (images x repeats).
+    """
+
+    def __init__(self, folder, placeholder_token, num_vectors=1, learnable_property="object",
+                 resolution=1024, center_crop=True, flip_p=0.5, repeats=100, template_file=None, seed=0):
+        _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed)
+        self.placeholder_token = placeholder_token
+        self.num_vectors = int(num_vectors)
+        self.learnable_property = learnable_property
+        self.resolution = int(resolution)
+        self.center_crop = bool(center_crop)
+        self.flip_p = float(flip_p)
+        self.repeats = int(repeats)
+        self.seed = int(seed)
+        self.templates = load_templates(learnable_property, template_file)
+        self.paths, self.captions, self.views = [], [], []
+        self._crops = []
+        self._view_ids = {}
+        for index, (path, image) in enumerate(iter_images(folder)):
+            self.paths.append(path)
+            self.captions.append(read_caption(path, placeholder_token))
+            self._add_views(index, image)
+        self.num_images = len(self.paths)
+        self.epoch_length = self.num_images * self.repeats
+        self._perm_epoch, self._perm = None, None
+
+    @property
+    def placeholder_tokens(self):
+        """The ``num_vectors`` tokens the placeholder expands to."""
+        return placeholder_tokens(self.placeholder_token, self.num_vectors)
+
+    @property
+    def expanded_placeholder(self):
+        """``"<tok> <tok>_1 ... <tok>_{N-1}"``: what replaces ``{}`` in prompts."""
+        return " ".join(self.placeholder_tokens)
+
+    def _crop_offsets(self, index, height, width):
+        """(top, left) crop offsets in the unflipped resized image."""
+        r = self.resolution
+        if self.center_crop:
+            return [(int(round((height - r) / 2.0)), int(round((width - r) / 2.0)))]
+        rows, cols = height - r + 1, width - r + 1
+        count = min(RANDOM_CROPS, rows * cols)
+        rng = np.random.default_rng([_CROP_STREAM, self.seed, index])
+        picks = np.sort(rng.choice(rows * cols, size=count, replace=False))
+        return [(int(p // cols), int(p % cols)) for p in picks]
+
+    def _flip_states(self):
+        if self.flip_p == 0.0:
+            return (False,)
+        if self.flip_p == 1.0:
+            return (True,)
+        return (False, True)
+
+    def _add_views(self, index, image):
+        original_size = (image.height, image.width)
+        resized = np.asarray(resize_short_side(image, self.resolution), np.uint8)
+        height, width = resized.shape[:2]
+        offsets = self._crop_offsets(index, height, width)
+        self._crops.append(len(offsets))
+        r = self.resolution
+        for crop_index, (top, left) in enumerate(offsets):
+            for flipped in self._flip_states():
+                left_in_view = width - left - r if flipped and not self.center_crop else left
+                self._view_ids[(index, crop_index, flipped)] = len(self.views)
+                self.views.append(View(index, crop_index, flipped, original_size, (top, left_in_view),
+                                       (r, r), resized))
+
+    def _permutation(self, epoch):
+        if epoch != self._perm_epoch:
+            rng = np.random.default_rng([_EPOCH_STREAM, self.seed, epoch])
+            self._perm_epoch, self._perm = epoch, rng.permutation(self.epoch_length)
+        return self._perm
+
+    def sample_at(self, index):
+        """``(view_id, prompt)`` of global sample ``index`` (0, 1, ... across epochs)."""
+        epoch, position = divmod(index, self.epoch_length)
+        image = int(self._permutation(epoch)[position]) % self.num_images
+        rng = np.random.default_rng([_SAMPLE_STREAM, self.seed, index])
+        crop = int(rng.integers(self._crops[image]))
+        flipped = bool(rng.random() < self.flip_p)
+        captions = self.captions[image] or self.templates
+        prompt = captions[int(rng.integers(len(captions)))].replace("{}", self.expanded_placeholder)
+        return self._view_ids[(image, crop, flipped)], prompt
+
+    def sample(self, step, batch_size, rank=0, world_size=1):
+        """``[(view_id, prompt)] * batch_size`` for ``rank`` at ``step``.
+
+        The global batch of a step is ``batch_size * world_size`` consecutive samples of the order;
+        rank r takes its r-th slice, so 2 ranks x batch 1 see what 1 rank x batch 2 sees.
+        """
+        if step < 0 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad sample arguments: step={step} batch_size={batch_size} "
+                             f"rank={rank} world_size={world_size}")
+        start = (step * world_size + rank) * batch_size
+        return [self.sample_at(i) for i in range(start, start + batch_size)]
+
+    def steps_per_epoch(self, batch_size, world_size=1):
+        """Optimizer steps to go once through images x repeats (the last one may cross epochs)."""
+        return -(-self.epoch_length // (batch_size * world_size))
+
+    def size_conditioning(self, view_ids):
+        """SDXL's size/crop inputs of views, as float32 [n, 2] arrays keyed by conditioner input key."""
+        views = [self.views[i] for i in view_ids]
+        return {
+            "original_size_as_tuple": np.asarray([v.original_size for v in views], np.float32),
+            "crop_coords_top_left": np.asarray([v.crop_coords_top_left for v in views], np.float32),
+            "target_size_as_tuple": np.asarray([v.target_size for v in views], np.float32),
+        }
