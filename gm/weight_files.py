@@ -286,7 +286,7 @@ def write_safetensors(path, items, metadata=None):
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)) + blob)
         for name, shape, dtype, produce in items:
-            array = np.ascontiguousarray(produce(), dtype=dtype)
+            array = np.asarray(produce(), dtype=dtype, order="C")
             if tuple(array.shape) != tuple(shape):
                 raise WeightFileError(f"{name}: produced shape {array.shape}, declared {tuple(shape)}")
             f.write(array.tobytes())

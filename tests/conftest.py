@@ -28,3 +28,16 @@ def ms_mode(request):
     ms.set_device("CPU")
     yield request.param
     ms.set_context(mode=1)
+
+
+def diffusers_unet_config(config, state):
+    """diffusers' UNet config for one of our YAML configs (as a dict), via its single-file helper.
+
+    diffusers only recognises SDXL's "text_time" added conditioning when context_dim is 2048 or
+    1280; the tiny config (96) has the same structure, so the choice is made explicit here.
+    """
+    from diffusers.loaders import single_file_utils as sfu
+
+    unet = sfu.create_unet_diffusers_config_from_ldm(config, state)
+    unet.update(addition_embed_type="text_time", addition_time_embed_dim=256, class_embed_type=None)
+    return unet

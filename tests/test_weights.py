@@ -1,0 +1,206 @@
+"""Weight files: random official-layout checkpoints, conversion to .ckpt, loading, and bad input."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BASE_CONFIG, ROOT, TINY_CONFIG, diffusers_unet_config
+
+from gm.build import build_model
+from gm.layout import official_layout
+from gm.random_weights import random_tensor
+from gm.weight_files import open_weights
+
+TOOLS = os.path.join(ROOT, "tools")
+
+
+def tool(name, *args):
+    """Run a tool as a user would; returns the CompletedProcess."""
+    return subprocess.run([sys.executable, os.path.join(TOOLS, name), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("w") / "tiny.safetensors")
+    result = tool("random_checkpoint.py", "--config", TINY_CONFIG, "--out", path, "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def test_random_checkpoint_has_official_layout(tiny_file):
+    layout = official_layout(TINY_CONFIG)
+    with open_weights(tiny_file) as reader:
+        assert sorted(reader.keys()) == sorted(layout)
+        for key, (shape, _) in layout.items():
+            assert tuple(reader.shape(key)) == shape, key
+        key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
+        np.testing.assert_array_equal(reader.get(key), random_tensor(key, layout[key][0], seed=3))
+
+
+def test_single_file_converts_and_loads(tiny_file, tmp_path):
+    dst = str(tmp_path / "tiny.ckpt")
+    result = tool("convert_weight.py", "--src", tiny_file, "--dst", dst, "--config", TINY_CONFIG)
+    assert result.returncode == 0, result.stderr
+    model = build_model(TINY_CONFIG, dst)
+    with open_weights(tiny_file) as reader:
+        for param in model.get_parameters():
+            np.testing.assert_array_equal(param.asnumpy(), reader.get(param.name), err_msg=param.name)
+
+
+def test_fp16_source_converts(tmp_path):
+    src, dst = str(tmp_path / "half.safetensors"), str(tmp_path / "half.ckpt")
+    assert tool("random_checkpoint.py", "--config", TINY_CONFIG, "--out", src, "--dtype", "fp16").returncode == 0
+    with open_weights(src) as reader:
+        key = "first_stage_model.decoder.conv_out.weight"
+        assert reader.dtype(key) == "F16"
+        expected = reader.get(key).astype(np.float32)
+    result = tool("convert_weight.py", "--src", src, "--dst", dst, "--config", TINY_CONFIG)
+    assert result.returncode == 0, result.stderr
+    with open_weights(dst) as reader:
+        assert reader.dtype(key) == "Float32"
+        np.testing.assert_array_equal(reader.get(key), expected)
+
+
+def test_diffusers_folder_converts_to_the_same_weights(tiny_file, tmp_path):
+    """diffusers' own conversion makes the folder; ours must give back the official tensors exactly."""
+    import torch
+    from diffusers.loaders import single_file_utils as sfu
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    with open_weights(tiny_file) as reader:
+        state = {k: torch.from_numpy(np.array(reader.get(k))) for k in reader.keys()}
+    config = OmegaConf.to_container(OmegaConf.load(TINY_CONFIG))
+    enc2 = config["model"]["params"]["conditioner_config"]["params"]["emb_models"][1]["params"]
+    parts = {
+        "unet": sfu.convert_ldm_unet_checkpoint(state, diffusers_unet_config(config, state)),
+        "vae": sfu.convert_ldm_vae_checkpoint(state, sfu.create_vae_diffusers_config_from_ldm(config, state)),
+        "text_encoder": sfu.convert_ldm_clip_checkpoint(state),
+        "text_encoder_2": sfu.convert_open_clip_checkpoint(
+            CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=enc2["width"])), state,
+            prefix="conditioner.embedders.1.model."),
+    }
+    folder = tmp_path / "diffusers"
+    for name, tensors in parts.items():
+        (folder / name).mkdir(parents=True)
+        fname = "model.fp16.safetensors" if name.startswith("text") else "diffusion_pytorch_model.safetensors"
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / name / fname))
+    dst = str(tmp_path / "from_diffusers.ckpt")
+    result = tool("convert_weight.py", "--src", str(folder), "--dst", dst, "--config", TINY_CONFIG)
+    assert result.returncode == 0, result.stderr
+    layout = official_layout(TINY_CONFIG)
+    with open_weights(dst) as ours:
+        weights = [k for k, (_, kind) in layout.items() if kind == "weight"]
+        assert sorted(ours.keys()) == sorted(weights)
+        for key in weights:
+            np.testing.assert_array_equal(ours.get(key), state[key].numpy(), err_msg=key)
+
+
+def test_base_layout_is_what_diffusers_expects():
+    """At the real SDXL shapes, diffusers' conversion consumes every key and fills every weight."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders import single_file_utils as sfu
+    from omegaconf import OmegaConf
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    layout = official_layout(BASE_CONFIG)
+    assert len(layout) == 2515  # the key count of sd_xl_base_1.0.safetensors
+    state = {k: torch.empty(shape, device="meta") for k, (shape, _) in layout.items()}
+    config = OmegaConf.to_container(OmegaConf.load(BASE_CONFIG))
+    unet_cfg = sfu.create_unet_diffusers_config_from_ldm(config, state)
+    vae_cfg = sfu.create_vae_diffusers_config_from_ldm(config, state)
+    clip_l = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                            num_attention_heads=12, hidden_act="quick_gelu")
+    clip_g = CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                            num_attention_heads=20, hidden_act="gelu", projection_dim=1280)
+    with torch.device("meta"):
+        models = {"unet": UNet2DConditionModel(**unet_cfg), "vae": AutoencoderKL(**vae_cfg),
+                  "text_encoder": CLIPTextModel(clip_l), "text_encoder_2": CLIPTextModelWithProjection(clip_g)}
+    converted = {
+        "unet": sfu.convert_ldm_unet_checkpoint(state, unet_cfg),
+        "vae": sfu.convert_ldm_vae_checkpoint(state, vae_cfg),
+        "text_encoder": sfu.convert_ldm_clip_checkpoint(state),
+        "text_encoder_2": sfu.convert_open_clip_checkpoint(models["text_encoder_2"], state,
+                                                           prefix="conditioner.embedders.1.model."),
+    }
+    for name, tensors in converted.items():
+        expected = models[name].state_dict()
+        optional = {"text_model.embeddings.position_ids"}  # a buffer, not a weight, in transformers
+        assert set(expected) - set(tensors) <= optional, (name, sorted(set(expected) - set(tensors))[:5])
+        assert set(tensors) - set(expected) <= optional, (name, sorted(set(tensors) - set(expected))[:5])
+        for key, value in tensors.items():
+            if key in expected:
+                assert tuple(value.shape) == tuple(expected[key].shape), (name, key)
+
+
+def write_safetensors_from(reader, path, drop=(), rename=None, reshape=None):
+    from gm.weight_files import write_safetensors
+    entries = []
+    for key in reader.keys():
+        if key in drop:
+            continue
+        value = np.array(reader.get(key))
+        if reshape and key in reshape:
+            value = np.zeros(reshape[key], value.dtype)
+        entries.append(((rename or {}).get(key, key), value.shape, value.dtype, lambda v=value: v))
+    write_safetensors(path, entries)
+
+
+@pytest.mark.parametrize("case", ["missing_src", "truncated", "not_safetensors", "wrong_keys", "wrong_shape",
+                                  "missing_config", "bad_dst"])
+def test_bad_input_gives_one_line_error(case, tiny_file, tmp_path):
+    src, dst, config = tiny_file, str(tmp_path / "out.ckpt"), TINY_CONFIG
+    if case == "missing_src":
+        src = str(tmp_path / "nope.safetensors")
+    elif case == "truncated":
+        src = str(tmp_path / "cut.safetensors")
+        with open(tiny_file, "rb") as f:
+            data = f.read()
+        with open(src, "wb") as f:
+            f.write(data[: len(data) // 2])
+    elif case == "not_safetensors":
+        src = str(tmp_path / "text.safetensors")
+        with open(src, "w") as f:
+            f.write("this is not a weight file\n" * 10)
+    elif case in ("wrong_keys", "wrong_shape"):
+        src = str(tmp_path / f"{case}.safetensors")
+        with open_weights(tiny_file) as reader:
+            keys = sorted(k for k in reader.keys() if k.startswith("model."))
+            if case == "wrong_keys":
+                write_safetensors_from(reader, src, drop=keys[:4], rename={keys[5]: "model.extra.weight"})
+            else:
+                key = "model.diffusion_model.out.2.weight"
+                write_safetensors_from(reader, src, reshape={key: (4, 7, 3, 3)})
+    elif case == "missing_config":
+        config = str(tmp_path / "none.yaml")
+    elif case == "bad_dst":
+        dst = str(tmp_path / "out.safetensors")
+    with open(dst, "wb") as f:
+        f.write(b"previous")
+    result = tool("convert_weight.py", "--src", src, "--dst", dst, "--config", config)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    expected = {"missing_src": "nope.safetensors", "truncated": "truncated", "not_safetensors": "not a safetensors",
+                "wrong_keys": "5 missing", "wrong_shape": "1 of another shape", "missing_config": "none.yaml",
+                "bad_dst": "--dst"}[case]
+    assert expected in lines[0]
+    if case == "wrong_keys":
+        assert "1 unexpected (e.g. model.extra.weight)" in lines[0]
+    with open(dst, "rb") as f:
+        assert f.read() == b"previous"  # nothing already written is lost
+    assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []
+
+
+def test_build_model_rejects_unfitting_weights(tiny_file, tmp_path):
+    from gm.weight_files import WeightFileError
+    src = str(tmp_path / "partial.safetensors")
+    with open_weights(tiny_file) as reader:
+        write_safetensors_from(reader, src, drop=["model.diffusion_model.out.2.bias"])
+    with pytest.raises(WeightFileError, match="1 missing .*out.2.bias"):
+        build_model(TINY_CONFIG, src)
