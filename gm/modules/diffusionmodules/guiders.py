@@ -3,7 +3,12 @@ from mindspore import ops
 
 
 class VanillaCFG:
-    """uncond + scale * (cond - uncond), on a batch laid out [uncond; cond]."""
+    """uncond + scale * (cond - uncond), on a batch laid out [uncond; cond].
+
+    On x0 estimates this equals diffusers' guidance on eps (noise_pred_uncond + scale * (noise_pred_text -
+    noise_pred_uncond)): x0 = x - sigma * eps is affine in eps with the same x and sigma for both halves.
+    Scale 1 gives the conditional prediction (IdentityGuider does that in one half-size call).
+    """
 
     def __init__(self, scale):
         self.scale = scale

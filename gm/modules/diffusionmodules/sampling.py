@@ -1,48 +1,170 @@
-"""Samplers: host-side loops around a compiled denoiser call."""
+"""Samplers (k-diffusion / generative-models style): host-side loops on sigmas around a compiled denoiser.
+
+``denoise(x, sigma[B], context, vector)`` returns the x0 estimate; the latents ``x`` live in sigma space
+(x = x0 + sigma * noise), so a sampler starts from unit noise scaled by :meth:`BaseSampler.init_noise_sigma`
+and ends at sigma 0 with the sample.
+"""
+import math
+
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
 from gm.util import instantiate_from_config
 
-IDENTITY_GUIDER = {"target": "gm.modules.diffusionmodules.guiders.IdentityGuider"}
+GUIDERS = "gm.modules.diffusionmodules.guiders."
+IDENTITY_GUIDER = {"target": GUIDERS + "IdentityGuider"}
 
 
-class EulerEDMSampler:
-    """Euler steps of the probability-flow ODE in sigma (Karras et al.), with optional churn."""
+class BaseSampler:
+    """Sigma schedule, guidance, initial noise scaling and the step loop; subclasses define :meth:`step`."""
 
-    def __init__(self, discretization_config, num_steps=None, guider_config=None,
-                 s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+    sigma_max_init_spacings = ()
+
+    def __init__(self, discretization_config, num_steps=None, guider_config=None):
         self.num_steps = num_steps
         self.discretization = instantiate_from_config(discretization_config)
         self.guider = instantiate_from_config(guider_config or IDENTITY_GUIDER)
-        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
 
     def sigmas(self, num_steps=None):
-        """Descending sigmas with a final 0."""
+        """Descending float32 sigmas with a final 0."""
         return self.discretization(num_steps or self.num_steps)
 
-    def __call__(self, denoise, x, cond, uc=None, num_steps=None, rng=None, callback=None):
-        """Sample from noise ``x`` (unit variance); ``denoise(x, sigma, context, vector)``.
+    def init_noise_sigma(self, sigmas):
+        """Scale of the initial noise: sqrt(1 + sigma_max^2), the std of x0 + sigma_max * noise.
 
-        cond/uc are (context, vector) pairs; ``callback(i, n)`` is called after each step.
+        For the discretization spacings in ``sigma_max_init_spacings`` it is sigma_max alone.
+        """
+        if getattr(self.discretization, "spacing", None) in self.sigma_max_init_spacings:
+            return float(sigmas[0])
+        return math.sqrt(1.0 + float(sigmas[0]) ** 2)
+
+    def step(self, model, x, sigmas, i, carry, rng):
+        """One step from ``sigmas[i]`` to ``sigmas[i + 1]``; ``model(x, sigma)`` is the guided x0 estimate.
+
+        Returns (x, carry); ``carry`` is the sampler's state between steps (None at the first step).
+        """
+        raise NotImplementedError
+
+    def __call__(self, denoise, x, cond, uc=None, num_steps=None, rng=None, callback=None):
+        """Sample from unit-variance noise ``x``; cond/uc are (context, vector) pairs (uc defaults to cond).
+
+        ``rng`` (numpy Generator) draws any noise a step adds; ``callback(i, n)`` runs after step i of n.
         """
         sigmas = self.sigmas(num_steps)
         uc = cond if uc is None else uc
-        x = x * float(np.sqrt(1.0 + sigmas[0] ** 2))
-        n = len(sigmas) - 1
+        rng = np.random.default_rng() if rng is None else rng
         ones = np.ones(x.shape[0], np.float32)
+
+        def model(x, sigma):
+            inputs = self.guider.prepare_inputs(x, Tensor(ones * np.float32(sigma)), cond, uc)
+            return self.guider(denoise(*inputs))
+
+        x = x * self.init_noise_sigma(sigmas)
+        n, carry = len(sigmas) - 1, None
         for i in range(n):
-            sigma, next_sigma = float(sigmas[i]), float(sigmas[i + 1])
-            gamma = min(self.s_churn / n, 2 ** 0.5 - 1) if self.s_tmin <= sigma <= self.s_tmax else 0.0
-            sigma_hat = sigma * (gamma + 1.0)
-            if gamma > 0:
-                rng = rng or np.random.default_rng()
-                noise = Tensor(rng.standard_normal(x.shape).astype(np.float32))
-                x = x + noise * self.s_noise * float(np.sqrt(sigma_hat ** 2 - sigma ** 2))
-            inputs = self.guider.prepare_inputs(x, Tensor(ones * sigma_hat), cond, uc)
-            denoised = self.guider(denoise(*inputs))
-            x = x + (x - denoised) / sigma_hat * (next_sigma - sigma_hat)
+            x, carry = self.step(model, x, sigmas, i, carry, rng)
             if callback is not None:
                 callback(i + 1, n)
         return x.astype(ms.float32)
+
+
+def _noise_like(x, rng):
+    return Tensor(rng.standard_normal(x.shape).astype(np.float32))
+
+
+class EulerEDMSampler(BaseSampler):
+    """Euler steps of the probability-flow ODE (Karras et al. Alg. 2) with optional churn.
+
+    Without churn this equals diffusers' EulerDiscreteScheduler; the initial noise scale follows its
+    ``init_noise_sigma`` too (sigma_max for "linspace"/"trailing" spacing, sqrt(1 + sigma_max^2) otherwise).
+    With churn, sgm (like k-diffusion) denoises the churned latents at sigma_hat; diffusers does not.
+    """
+
+    sigma_max_init_spacings = ("linspace", "trailing")
+
+    def __init__(self, discretization_config, num_steps=None, guider_config=None,
+                 s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
+        super().__init__(discretization_config, num_steps, guider_config)
+        self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
+
+    def step(self, model, x, sigmas, i, carry, rng):
+        sigma, next_sigma = float(sigmas[i]), float(sigmas[i + 1])
+        n = len(sigmas) - 1
+        gamma = min(self.s_churn / n, 2 ** 0.5 - 1) if self.s_tmin <= sigma <= self.s_tmax else 0.0
+        sigma_hat = sigma * (gamma + 1.0)
+        if gamma > 0:
+            x = x + _noise_like(x, rng) * (self.s_noise * math.sqrt(sigma_hat ** 2 - sigma ** 2))
+        denoised = model(x, sigma_hat)
+        return x + (x - denoised) * ((next_sigma - sigma_hat) / sigma_hat), None
+
+
+class EulerAncestralSampler(BaseSampler):
+    """Euler ancestral: an Euler step down to sigma_down, then fresh noise of std sigma_up (k-diffusion).
+
+    With ``eta=1`` it equals diffusers' EulerAncestralDiscreteScheduler (initial noise scale included).
+    The noise is drawn from ``rng``: float32 standard normal of x's shape, once per step with sigma_up > 0.
+    """
+
+    sigma_max_init_spacings = EulerEDMSampler.sigma_max_init_spacings
+
+    def __init__(self, discretization_config, num_steps=None, guider_config=None, eta=1.0, s_noise=1.0):
+        super().__init__(discretization_config, num_steps, guider_config)
+        self.eta, self.s_noise = eta, s_noise
+
+    def ancestral_step(self, sigma, next_sigma):
+        """(sigma_down, sigma_up) with sigma_down^2 + sigma_up^2 = next_sigma^2."""
+        if not self.eta:
+            return next_sigma, 0.0
+        sigma_up = min(next_sigma,
+                       self.eta * math.sqrt(next_sigma ** 2 * (sigma ** 2 - next_sigma ** 2) / sigma ** 2))
+        return math.sqrt(next_sigma ** 2 - sigma_up ** 2), sigma_up
+
+    def step(self, model, x, sigmas, i, carry, rng):
+        sigma, next_sigma = float(sigmas[i]), float(sigmas[i + 1])
+        sigma_down, sigma_up = self.ancestral_step(sigma, next_sigma)
+        denoised = model(x, sigma)
+        x = x + (x - denoised) * ((sigma_down - sigma) / sigma)
+        if sigma_up > 0:
+            x = x + _noise_like(x, rng) * (self.s_noise * sigma_up)
+        return x, None
+
+
+class DPMPP2MSampler(BaseSampler):
+    """DPM-Solver++(2M) (Lu et al.), as k-diffusion's sample_dpmpp_2m / generative-models' DPMPP2MSampler.
+
+    First-order at the first step and at the step to sigma 0, second-order multistep in between. Equals
+    diffusers' DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
+    solver_type="midpoint", final_sigmas_type="zero") on the same timesteps.
+    """
+
+    def step(self, model, x, sigmas, i, carry, rng):
+        sigma, next_sigma = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = model(x, sigma)
+        if next_sigma == 0:
+            return denoised, denoised
+        h = math.log(sigma / next_sigma)
+        if carry is not None:
+            r = math.log(float(sigmas[i - 1]) / sigma) / h
+            denoised_d = denoised * (1 + 1 / (2 * r)) - carry * (1 / (2 * r))
+        else:
+            denoised_d = denoised
+        return x * (next_sigma / sigma) - denoised_d * math.expm1(-h), denoised
+
+
+SAMPLERS = {"euler": EulerEDMSampler, "euler_a": EulerAncestralSampler, "dpmpp_2m": DPMPP2MSampler}
+
+
+def make_sampler(name, num_steps, guidance_scale, spacing="sgm", **sampler_kwargs):
+    """A sampler from ``SAMPLERS`` on SDXL's LegacyDDPMDiscretization with the given timestep spacing.
+
+    Guidance is VanillaCFG (uncond + scale * (cond - uncond)) for every scale except 1, where the result
+    is the conditional prediction alone and IdentityGuider computes it with half the batch.
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
+    discretization = {"target": "gm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization",
+                      "params": {"spacing": spacing}}
+    guider = IDENTITY_GUIDER if guidance_scale == 1 else {"target": GUIDERS + "VanillaCFG",
+                                                          "params": {"scale": guidance_scale}}
+    return SAMPLERS[name](discretization, num_steps, guider, **sampler_kwargs)
