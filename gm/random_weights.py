@@ -8,8 +8,10 @@ import zlib
 import numpy as np
 from mindspore import Tensor
 
-NORM_MARKERS = ("norm", "ln_")
+from gm.layout import official_layout
+from gm.weight_files import write_safetensors
 
+DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
 def random_tensor(name, shape, seed=0):
     """A float32 array for parameter ``name``: norms near 1, biases small, matrices ~ 1/sqrt(fan_in)."""
@@ -18,7 +20,7 @@ def random_tensor(name, shape, seed=0):
     if len(shape) == 0:
         return np.asarray(rng.uniform(0.5, 1.5), np.float32)
     if len(shape) == 1:
-        if name.endswith(".weight") and any(k in name for k in NORM_MARKERS):
+        if name.endswith(".weight"):  # 1-D weights are the scales of LayerNorm/GroupNorm
             return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         return (0.05 * rng.standard_normal(shape)).astype(np.float32)
     if "embedding" in name:
@@ -34,3 +36,26 @@ def randomize_cell(cell, seed=0, prefix=""):
         weights[prefix + name] = random_tensor(prefix + name, param.shape, seed)
         param.set_data(Tensor(weights[prefix + name], param.dtype))
     return weights
+
+
+def buffer_value(name, shape):
+    """Values of the official file's non-weight buffers (position ids, CLIP's logit scale)."""
+    if name.endswith("position_ids"):
+        return np.arange(shape[-1], dtype=np.int64).reshape(shape)
+    return np.asarray(np.log(1 / 0.07), np.float32)
+
+
+def write_random_checkpoint(config, out, seed=0, dtype="fp32"):
+    """Random weights for ``config`` written to ``out`` (.safetensors) in the official layout.
+
+    Tensors are generated and written one at a time; returns the number of keys.
+    """
+    entries = []
+    for name, (shape, kind) in official_layout(config).items():
+        if kind == "weight":
+            entries.append((name, shape, DTYPES[dtype], lambda n=name, s=shape: random_tensor(n, s, seed)))
+        else:
+            value = buffer_value(name, shape)
+            entries.append((name, shape, value.dtype, lambda v=value: v))
+    write_safetensors(out, entries, metadata={"format": "pt", "source": "random", "seed": seed})
+    return len(entries)

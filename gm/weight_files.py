@@ -163,7 +163,7 @@ class CkptReader(_MappedFile):
                 dtype = bytes(self.buf[value[0]:value[0] + value[1]]).decode()
             elif field == 3:
                 pieces.append(value)
-        if dtype not in CKPT_DTYPES:
+        if dtype not in CKPT_DTYPES and dtype != "str":
             raise ValueError(f"unsupported tensor type {dtype} for {tag}")
         if tag in self.index:
             self.index[tag][2].extend(pieces)
@@ -180,7 +180,10 @@ class CkptReader(_MappedFile):
         return self.index[key][0]
 
     def get(self, key):
+        """The tensor (a str for MindSpore's string entries, e.g. ``append_dict`` values)."""
         dtype, shape, pieces = self.index[key]
+        if dtype == "str":
+            return b"".join(bytes(self.buf[off:off + n]) for off, n in pieces).decode("utf-32-le")
         np_dtype = CKPT_DTYPES[dtype]
         if len(pieces) == 1:
             return _array(self.buf, pieces[0][0], pieces[0][1], np_dtype, shape)
@@ -254,11 +257,15 @@ def _ckpt_type(dtype):
 
 
 def write_ckpt(path, items):
-    """Write ``(name, array)`` pairs from an iterable to ``path`` as a MindSpore checkpoint."""
+    """Write ``(name, array or str)`` pairs from an iterable to ``path`` as a MindSpore checkpoint."""
     with atomic_output(path) as tmp, open(tmp, "wb") as f:
         for name, array in items:
-            array = np.ascontiguousarray(array)
             head = _pb_bytes(1, name.encode())
+            if isinstance(array, str):
+                tensor = _pb_key(1, 0) + _pb_varint(0) + _pb_bytes(2, b"str") + _pb_bytes(3, array.encode("utf-32-le"))
+                f.write(_pb_bytes(1, head + _pb_bytes(2, tensor)))
+                continue
+            array = np.ascontiguousarray(array)
             dims = b"".join(_pb_key(1, 0) + _pb_varint(int(d)) for d in array.shape)
             ttype = _pb_bytes(2, _ckpt_type(array.dtype).encode())
             flat = array.reshape(-1)

@@ -13,35 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-
 from gm.cli import run  # noqa: E402
-from gm.layout import official_layout  # noqa: E402
-from gm.random_weights import random_tensor  # noqa: E402
-from gm.weight_files import write_safetensors  # noqa: E402
-
-DTYPES = {"fp32": np.float32, "fp16": np.float16}
-
-
-def buffer_value(name, shape):
-    """Values of the non-weight buffers of the official file."""
-    if name.endswith("position_ids"):
-        return np.arange(shape[-1], dtype=np.int64).reshape(shape)
-    return np.asarray(np.log(1 / 0.07), np.float32)
-
-
-def write_random_checkpoint(config, out, seed=0, dtype="fp32"):
-    """Random weights for ``config`` (path) written to ``out`` (.safetensors); returns the key count."""
-    layout = official_layout(config)
-    entries = []
-    for name, (shape, kind) in layout.items():
-        if kind == "weight":
-            entries.append((name, shape, DTYPES[dtype], lambda n=name, s=shape: random_tensor(n, s, seed)))
-        else:
-            value = buffer_value(name, shape)
-            entries.append((name, shape, value.dtype, lambda v=value: v))
-    write_safetensors(out, entries, metadata={"format": "pt", "source": "random", "seed": seed})
-    return len(entries)
+from gm.random_weights import DTYPES, write_random_checkpoint  # noqa: E402
 
 
 def main():

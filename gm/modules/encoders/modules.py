@@ -186,6 +186,12 @@ class GeneralConditioner(nn.Cell):
         """The text embedders, in order (targets of textual inversion)."""
         return [e for e in self.embedders if isinstance(e, TextEmbedder)]
 
+    @property
+    def pooled_dim(self):
+        """Width of the pooled-text part at the start of ``vector``."""
+        return sum(e.model.text_projection.shape[1] for e in self.text_embedders
+                   if getattr(e, "return_pooled", False))
+
     def prepare(self, batch):
         """Batch dict -> construct inputs: int32 tokens for text embedders, float32 [B, n] otherwise."""
         inputs = []

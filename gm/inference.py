@@ -1,0 +1,252 @@
+"""Sampling images from prompts with a DiffusionEngine: text-to-image, image-to-image, learned words."""
+import re
+
+import numpy as np
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from gm.cli import UsageError
+from gm.modules.diffusionmodules.openaimodel import Downsample
+from gm.textual_inversion.dataset import placeholder_tokens
+from gm.textual_inversion.embedding_files import read_embedding
+from gm.textual_inversion.embeddings import add_concept, expand_prompt
+
+LATENT_CHANNELS = 4
+VAE_FACTOR = 8
+PLACEHOLDER = re.compile(r"<[^<>|\s]+>")
+
+
+def init_mindspore(device_target=None, mode=0):
+    """Graph (0) or PyNative (1) mode on ``device_target`` (default: the installed MindSpore's)."""
+    ms.set_context(mode=mode)
+    if device_target:
+        try:
+            ms.set_device(device_target)
+        except (RuntimeError, ValueError) as e:
+            reason = str(e).strip().splitlines()[0]
+            raise UsageError(f"--device_target {device_target}: not usable with this MindSpore ({reason})") from None
+
+
+def default_size(config):
+    """Image side by default: the training config's resolution, else SDXL's 1024."""
+    return int((config.get("train") or {}).get("resolution", 1024))
+
+
+def condition_batch(prompts, height, width, crop=(0, 0), original_size=None):
+    """The conditioner's batch for prompts at a target size (SDXL's size/crop conditioning)."""
+    n = len(prompts)
+    original = original_size or (height, width)
+    return {
+        "txt": list(prompts),
+        "original_size_as_tuple": np.tile(np.asarray(original, np.float32), (n, 1)),
+        "crop_coords_top_left": np.tile(np.asarray(crop, np.float32), (n, 1)),
+        "target_size_as_tuple": np.tile(np.asarray((height, width), np.float32), (n, 1)),
+    }
+
+
+def strength_sigmas(sigmas, strength):
+    """The tail of a descending schedule (final 0 included) that image-to-image runs, as sgm's
+    Img2ImgDiscretizationWrapper: the last ``max(int(strength * len(sigmas)), 1)`` sigmas."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    return sigmas[len(sigmas) - max(int(strength * len(sigmas)), 1):]
+
+
+def to_uint8(images):
+    """Decoded images [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
+    images = ((images.asnumpy().clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)
+    return images.transpose(0, 2, 3, 1)
+
+
+class _Embed(nn.Cell):
+    """The conditioner as a top-level cell of its own: a fresh instance compiles a fresh graph."""
+
+    def __init__(self, conditioner):
+        super().__init__(auto_prefix=False)
+        self.conditioner = conditioner
+
+    def construct(self, *inputs):
+        return self.conditioner(*inputs)
+
+
+class _Encode(nn.Cell):
+    """Images in [-1, 1] -> scaled latents (posterior mean)."""
+
+    def __init__(self, engine):
+        super().__init__(auto_prefix=False)
+        self.engine = engine
+
+    def construct(self, x):
+        return self.engine.encode_first_stage(x)
+
+
+class _Decode(nn.Cell):
+    """Scaled latents -> images in [-1, 1]."""
+
+    def __init__(self, engine):
+        super().__init__(auto_prefix=False)
+        self.engine = engine
+
+    def construct(self, z):
+        return self.engine.decode_first_stage(z)
+
+
+class Sampler:
+    """Text-to-image and image-to-image sampling with classifier-free guidance and learned words.
+
+    Every network runs through a top-level cell compiled once (graph mode) and reused; adding a
+    learned word builds a fresh conditioner cell, since a compiled graph would not see new rows.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.engine.set_train(False)
+        self._embed = _Embed(engine.conditioner)
+        self._encode = _Encode(engine)
+        self._decode = _Decode(engine)
+
+    @property
+    def size_multiple(self):
+        """What image sides must be multiples of: the VAE's factor 8 times 2 per UNet downsampling."""
+        unet = self.engine.model.diffusion_model
+        return VAE_FACTOR * 2 ** sum(isinstance(cell, Downsample) for _, cell in unet.cells_and_names())
+
+    # -- learned words -----------------------------------------------------------------------------
+    @property
+    def encoder_widths(self):
+        """Width of each text encoder's token embedding (what a learned vector must have)."""
+        return [e.embedding.weight.shape[1] for e in self.engine.conditioner.text_embedders]
+
+    @property
+    def concepts(self):
+        """{token: number of vectors} of the learned words in the model, in the order added."""
+        added = self.engine.conditioner.text_embedders[0].tokenizer.added_tokens
+        found = {}
+        for token in added:
+            base = next((t for t, n in found.items() if token == f"{t}_{n}"), None)
+            if base is None:
+                found[token] = 1
+            else:
+                found[base] += 1
+        return found
+
+    def load_concept(self, path):
+        """Add (or replace) the learned word of an embedding file; returns its token."""
+        token, rows = read_embedding(path, self.encoder_widths)
+        self.add_concept(token, rows, path)
+        return token
+
+    def add_concept(self, token, rows, source="embedding"):
+        """Give ``token`` the vectors ``rows`` (one [N, D] array per encoder).
+
+        A token loaded before with the same N gets the new values; ``source`` names the origin in errors.
+        """
+        num_vectors = rows[0].shape[0]
+        loaded = self.concepts.get(token)
+        if loaded is not None:
+            if loaded != num_vectors:
+                raise UsageError(f"{source}: {token} is loaded already with {loaded} vectors; this file has "
+                                 f"{num_vectors} (restart to swap it)")
+            self._set_rows(token, rows)
+            return
+        tokenizer = self.engine.conditioner.text_embedders[0].tokenizer
+        for t in placeholder_tokens(token, num_vectors):
+            if t in tokenizer.vocab.ids:
+                raise UsageError(f"{source}: its token {t!r} is already a word of the vocabulary; a learned word "
+                                 "needs a new token such as <my-concept>")
+        add_concept(self.engine.conditioner, token, num_vectors, rows=rows)
+        self._embed = _Embed(self.engine.conditioner)
+
+    def _set_rows(self, token, rows):
+        for embedder, values in zip(self.engine.conditioner.text_embedders, rows):
+            table = embedder.embedding.extra
+            first = embedder.tokenizer.token_to_id(token) - embedder.embedding.num_base
+            data = table.asnumpy().copy()
+            data[first:first + len(values)] = values
+            table.set_data(Tensor(data))
+
+    # -- prompts -----------------------------------------------------------------------------------
+    def expand(self, prompt):
+        """The prompt with every learned word written as its N tokens (words written out already stay)."""
+        for token, n in self.concepts.items():
+            prompt = expand_prompt(prompt.replace(" ".join(placeholder_tokens(token, n)), token), token, n)
+        return prompt
+
+    def prompt_warnings(self, prompt):
+        """Messages about a prompt: placeholders with no learned word loaded, text cut at 77 tokens."""
+        concepts = self.concepts
+        messages = []
+        for word in dict.fromkeys(PLACEHOLDER.findall(prompt)):
+            if word not in concepts:
+                loaded = ", ".join(concepts) or "none"
+                messages.append(f"{word} looks like a learned word but no embedding is loaded for it "
+                                f"(loaded: {loaded}); it is read as ordinary text")
+        tokenizer = self.engine.conditioner.text_embedders[0].tokenizer
+        cut = tokenizer.overflow(self.expand(prompt))
+        if cut:
+            messages.append(f"prompt longer than {tokenizer.max_length - 2} tokens (learned words count as "
+                            f"their vectors); this part is cut off: {cut!r}")
+        return messages
+
+    def embed(self, prompts, height, width):
+        """(context, vector) for prompts (learned words expanded) at a target size."""
+        batch = condition_batch([self.expand(p) for p in prompts], height, width)
+        return self._embed(*self.engine.conditioner.prepare(batch))
+
+    def encode(self, prompts, height, width, negative=None):
+        """(cond, uncond) as (context, vector) pairs; an empty negative prompt gives zeros, as sgm.
+
+        ``negative`` is one string for all prompts or one per prompt.
+        """
+        if isinstance(negative, str):
+            negative = [negative] * len(prompts)
+        cond = self.embed(prompts, height, width)
+        if negative is None or all(not p for p in negative):
+            neg_ctx, neg_vec = self.embed([""] * len(prompts), height, width)
+            pooled = self.engine.conditioner.pooled_dim
+            neg_ctx = ops.zeros_like(neg_ctx)
+            neg_vec = ops.cat([ops.zeros_like(neg_vec[:, :pooled]), neg_vec[:, pooled:]], axis=1)
+            return cond, (neg_ctx, neg_vec)
+        return cond, self.embed(negative, height, width)
+
+    # -- images ------------------------------------------------------------------------------------
+    def check_size(self, height, width):
+        """ValueError unless both sides are positive multiples of :attr:`size_multiple`."""
+        m = self.size_multiple
+        if height % m or width % m or height < m or width < m:
+            raise ValueError(f"height and width must be positive multiples of {m} for this model, "
+                             f"got {height}x{width}")
+
+    def sample(self, prompts, height, width, negative=None, num_steps=None, seed=0, sampler=None, callback=None):
+        """Images [B, H, W, 3] uint8 for the prompts, from noise drawn with ``seed``."""
+        self.check_size(height, width)
+        sampler = sampler or self.engine.sampler
+        cond, uncond = self.encode(prompts, height, width, negative)
+        rng = np.random.default_rng(seed)
+        noise = _normal(rng, (len(prompts), LATENT_CHANNELS, height // VAE_FACTOR, width // VAE_FACTOR))
+        x = sampler(self.engine, noise, cond, uncond, num_steps=num_steps, rng=rng, callback=callback)
+        return to_uint8(self._decode(x))
+
+    def img2img(self, prompts, image, strength, negative=None, num_steps=None, seed=0, sampler=None,
+                callback=None):
+        """Images [B, H, W, 3] uint8 made from ``image`` (uint8 [H, W, 3]) for the prompts.
+
+        As sgm: the image's latent (posterior mean) is noised to the first sigma of the schedule's
+        tail kept by :func:`strength_sigmas` and sampled down that tail; strength 1 keeps it all.
+        """
+        image = np.asarray(image, np.uint8)
+        height, width = image.shape[:2]
+        self.check_size(height, width)
+        sampler = sampler or self.engine.sampler
+        sigmas = strength_sigmas(sampler.sigmas(num_steps), strength)
+        cond, uncond = self.encode(prompts, height, width, negative)
+        pixels = Tensor((image.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None])
+        z = ops.tile(self._encode(pixels), (len(prompts), 1, 1, 1))
+        rng = np.random.default_rng(seed)
+        x = z + _normal(rng, z.shape) * float(sigmas[0])
+        x = sampler.run(self.engine, x, sigmas, cond, uncond, rng=rng, callback=callback)
+        return to_uint8(self._decode(x))
+
+
+def _normal(rng, shape):
+    return Tensor(rng.standard_normal(shape).astype(np.float32))

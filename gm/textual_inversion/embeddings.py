@@ -1,0 +1,104 @@
+"""Learned words: placeholder tokens in both text encoders, and the ``_ti.ckpt`` files that hold them.
+
+A concept's N vectors are N tokens ``<tok>``, ``<tok>_1`` ... ``<tok>_{N-1}`` added to both
+tokenizers, with N rows appended to each encoder's embedding as its own small trainable
+parameter (the frozen 49408-row tables are never copied). A prompt names the concept by
+``<tok>`` alone; :func:`expand_prompt` writes out all N tokens.
+
+A ``_ti.ckpt`` is a MindSpore checkpoint with ``clip_l`` [N, 768] (encoder 1), ``clip_g``
+[N, 1280] (encoder 2), ``placeholder_token`` (str) and ``num_vectors`` (int).
+"""
+import re
+
+import numpy as np
+
+from gm.cli import UsageError
+from gm.textual_inversion import formats
+from gm.textual_inversion.dataset import placeholder_tokens
+from gm.weight_files import WeightFileError, write_ckpt
+
+ENCODER_KEYS = ("clip_l", "clip_g")
+
+
+def expand_prompt(prompt, token, num_vectors):
+    """Replace each whole ``token`` in ``prompt`` by its N tokens (unchanged for N = 1)."""
+    if num_vectors == 1:
+        return prompt
+    expanded = " ".join(placeholder_tokens(token, num_vectors))
+    return re.sub(rf"{re.escape(token)}(?!_\d)", lambda _: expanded, prompt)
+
+
+def initial_rows(embedder, num_vectors, initializer_token, rng):
+    """Starting rows for one encoder: copies of ``initializer_token``'s row, or random rows drawn
+    per dimension with the mean and spread of the existing table."""
+    table = embedder.embedding.weight.asnumpy()
+    if initializer_token:
+        ids = embedder.tokenizer.encode(initializer_token)
+        if len(ids) != 1:
+            raise UsageError(f"--initializer_token {initializer_token!r} is {len(ids)} tokens; "
+                             "it must be a single token")
+        return np.repeat(table[ids[0]][None], num_vectors, axis=0)
+    return (table.mean(0) + rng.standard_normal((num_vectors, table.shape[1])) * table.std(0)).astype(np.float32)
+
+
+def add_concept(conditioner, token, num_vectors, rows=None, initializer_token=None, seed=0):
+    """Add a concept's tokens to every text encoder; returns the new trainable parameters.
+
+    ``rows`` (one [N, D] array per encoder) gives their values; otherwise they are initialised
+    from ``initializer_token`` or randomly.
+    """
+    if num_vectors < 1:
+        raise UsageError(f"--num_vectors {num_vectors}: must be at least 1")
+    tokens = placeholder_tokens(token, num_vectors)
+    rng = np.random.default_rng(seed)
+    params = []
+    for index, embedder in enumerate(conditioner.text_embedders):
+        taken = [t for t in tokens if _is_known(embedder.tokenizer, t)]
+        if taken:
+            raise UsageError(f"--placeholder_token {token!r}: {taken[0]!r} is already a word of the "
+                             "vocabulary; choose another token, e.g. <my-concept>")
+        values = initial_rows(embedder, num_vectors, initializer_token, rng) if rows is None else rows[index]
+        embedder.add_tokens(tokens, values, f"conditioner.text_embedders.{index}.{_safe(token)}")
+        params.append(embedder.embedding.extra)
+    return params
+
+
+def _is_known(tokenizer, token):
+    try:
+        tokenizer.token_to_id(token)
+    except KeyError:
+        return False
+    return True
+
+
+def _safe(token):
+    return re.sub(r"[^0-9A-Za-z_-]", "_", token)
+
+
+def concept_rows(conditioner, token, num_vectors):
+    """The current rows of a concept in each encoder ([N, D] arrays)."""
+    out = []
+    for embedder in conditioner.text_embedders:
+        first = embedder.tokenizer.token_to_id(token) - embedder.embedding.num_base
+        out.append(embedder.embedding.extra.asnumpy()[first:first + num_vectors])
+    return out
+
+
+def save_ti(path, token, rows):
+    """Write a ``_ti.ckpt`` (atomically) for ``token`` with one [N, D] array per encoder."""
+    items = [(key, np.asarray(r, np.float32)) for key, r in zip(ENCODER_KEYS, rows)]
+    items += [("placeholder_token", token), ("num_vectors", np.asarray(rows[0].shape[0], np.int64))]
+    write_ckpt(path, items)
+
+
+def load_ti(path, encoder_widths=None):
+    """Read a learned word from an embedding file in any format of :mod:`gm.textual_inversion.formats`
+    (ours, A1111/ComfyUI/kohya, diffusers, mindone): (token, [rows per encoder]); checks widths
+    against ``encoder_widths``. Raises WeightFileError with a one-line message naming the file."""
+    found = formats.read(path)
+    if encoder_widths is not None:
+        for key, r, width in zip(ENCODER_KEYS, found.rows, encoder_widths):
+            if r.shape[1] != width:
+                raise WeightFileError(f"{path}: {key} vectors are {r.shape[1]} wide but the model's encoder "
+                                      f"takes {width}")
+    return found.token, found.rows

@@ -1,0 +1,211 @@
+"""train_textual_inversion.py end to end on the tiny config: seed commands, learning, resume, bad input."""
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+from gm.random_weights import write_random_checkpoint
+from gm.weight_files import open_weights
+
+SCRIPT = os.path.join(ROOT, "train_textual_inversion.py")
+TINY_TRAIN = os.path.join(ROOT, "configs", "training", "sd_xl_tiny_finetune_textual_inversion.yaml")
+DEMO_TOY = os.path.join(ROOT, "datasets", "demo_toy")
+DEMO_STYLE = os.path.join(ROOT, "datasets", "demo_style")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
+    write_random_checkpoint(TINY_TRAIN, path, seed=1)
+    return path
+
+
+def train(*args, cwd=ROOT, timeout=900):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def tiny(weights, *args):
+    return ["--config", TINY_TRAIN, "--weight", weights, "--device_target", "CPU", *args]
+
+
+def losses(save_path):
+    with open(os.path.join(save_path, "loss.csv")) as f:
+        return [float(r["loss"]) for r in csv.DictReader(f)]
+
+
+def read_ti(path):
+    with open_weights(path) as r:
+        return {k: r.get(k) for k in r.keys()}
+
+
+@pytest.mark.parametrize("seed_command", [
+    ["--data_path", "datasets/cat_toy", "--save_path", "runs/cat_toy", "--infer_during_train", "True",
+     "--gradient_accumulation_steps", "4", "--num_vectors", "10", "--total_step", "3000",
+     "--placeholder_token", "<cat-toy>", "--learnable_property", "object"],
+    ["--data_path", "datasets/chinese_art", "--save_path", "runs/chinese_art", "--infer_during_train", "True",
+     "--gradient_accumulation_steps", "4", "--num_vectors", "2", "--total_step", "2000",
+     "--placeholder_token", "<chinese-art>", "--learnable_property", "style"],
+], ids=["cat_toy", "chinese_art"])
+def test_seed_command_runs_end_to_end(seed_command, weights, tmp_path):
+    """The seed's command as written, on the tiny config; only the step counts are cut for time."""
+    name = seed_command[1].split("/")[1]
+    shutil.copytree(DEMO_TOY if name == "cat_toy" else DEMO_STYLE, tmp_path / "datasets" / name)
+    result = train(*seed_command, *tiny(weights, "--total_step", "2", "--infer_interval", "1",
+                                        "--save_ckpt_interval", "1", "--train_batch_size", "1"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "runs" / name
+    ti = read_ti(str(run / "weights" / "SD-XL-tiny_2_ti.ckpt"))
+    n = 10 if name == "cat_toy" else 2
+    assert ti["placeholder_token"] == seed_command[seed_command.index("--placeholder_token") + 1]
+    assert ti["clip_l"].shape == (n, 32) and ti["clip_g"].shape == (n, 64)
+    assert int(np.asarray(ti["num_vectors"]).reshape(-1)[0]) == n
+    assert len(losses(str(run))) == 2
+    for f in ("loss.png", "samples/step_1.png", "samples/step_2.png", "samples/progression.png"):
+        assert (run / f).is_file(), f
+    assert "Key settings" in result.stdout and "learned vectors:" in result.stdout
+
+
+def test_training_learns_and_leaves_the_model_alone(weights, tmp_path):
+    """Loss falls, the new rows move, the original tables stay bit-identical (in-process, graph mode)."""
+    import mindspore as ms
+    from gm.build import load_config
+    from gm.textual_inversion.trainer import Settings, Trainer
+
+    ms.set_context(mode=0)
+    save = str(tmp_path / "run")
+    s = Settings(config=load_config(TINY_TRAIN), config_path=TINY_TRAIN, weight=weights, data_path=DEMO_TOY,
+                 save_path=save, placeholder_token="<toy>", num_vectors=2, learnable_property="object",
+                 initializer_token=None, template_file=None, batch_size=4, gradient_accumulation_steps=1,
+                 total_step=120, learning_rate=1e-1, lr_scheduler="constant", lr_warmup_steps=0, weight_decay=0.0,
+                 betas=(0.9, 0.999), eps=1e-8, clip_grad=True, max_grad_norm=1.0, resolution=64, center_crop=True,
+                 flip_p=0.5, repeats=100, save_ckpt_interval=60, max_num_ckpt=1, infer_during_train=False,
+                 infer_interval=40, infer_prompt=None, infer_images=1, infer_steps=2, guidance_scale=5.0, seed=0,
+                 resume=False)
+    trainer = Trainer(s)
+    embedders = trainer.model.conditioner.text_embedders
+    tables = [e.embedding.weight.asnumpy().copy() for e in embedders]
+    start_rows = [r.copy() for r in trainer.rows()]
+    assert [p.name for p in trainer.model.trainable_params()] == [p.name for p in trainer.params]
+    assert [tuple(p.shape) for p in trainer.params] == [(2, 32), (2, 64)]
+    try:
+        trainer.run()
+    finally:
+        ms.set_context(mode=1)
+    for table, e in zip(tables, embedders):
+        assert np.array_equal(table, e.embedding.weight.asnumpy())
+    for before, after in zip(start_rows, trainer.rows()):
+        assert np.abs(after - before).max() > 1e-3
+    log = losses(save)
+    quarter = len(log) // 4
+    assert len(log) == 120
+    assert np.mean(log[-quarter:]) < np.mean(log[:quarter]), (np.mean(log[:quarter]), np.mean(log[-quarter:]))
+    assert trainer.out.saved_steps() == [120]  # max_num_ckpt=1 keeps the newest only
+
+
+def test_stopped_and_resumed_run_ends_with_the_same_vectors(weights, tmp_path):
+    common = tiny(weights, "--data_path", DEMO_TOY, "--total_step", "8", "--save_ckpt_interval", "100",
+                  "--ms_mode", "1", "--train_batch_size", "1", "--gradient_accumulation_steps", "2",
+                  "--lr_scheduler", "cosine", "--lr_warmup_steps", "2", "--num_vectors", "2")
+    whole = str(tmp_path / "whole")
+    assert train(*common, "--save_path", whole).returncode == 0
+    parts = str(tmp_path / "parts")
+    proc = subprocess.Popen([sys.executable, SCRIPT, *common, "--save_path", parts], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = os.path.join(parts, "loss.csv")
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isfile(log) and len(open(log).read().splitlines()) >= 3:  # header + 2 steps
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopped at step" in out
+    stopped = len(losses(parts))
+    assert 2 <= stopped < 8
+    resumed = train(*common, "--save_path", parts, "--resume", "True")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = read_ti(os.path.join(whole, "weights", "SD-XL-tiny_8_ti.ckpt")), \
+        read_ti(os.path.join(parts, "weights", "SD-XL-tiny_8_ti.ckpt"))
+    for key in ("clip_l", "clip_g"):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(losses(parts), losses(whole), rtol=1e-5)
+
+
+def make_folder(tmp_path, name, images=(), junk=()):
+    folder = tmp_path / name
+    folder.mkdir()
+    for i, src in enumerate(images):
+        shutil.copy(src, folder / f"img{i}.png")
+    for j in junk:
+        (folder / j).write_bytes(b"not an image at all")
+    return str(folder)
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "unreadable", "num_vectors", "property", "resolution",
+                                  "weight", "save_path", "initializer", "existing_word"])
+def test_bad_input_gives_one_line_error(case, weights, tmp_path):
+    good = sorted(os.path.join(DEMO_TOY, f) for f in os.listdir(DEMO_TOY))[:3]
+    data = make_folder(tmp_path, "data", good)
+    save = str(tmp_path / "save")
+    extra, expected = [], None
+    if case == "empty":
+        data, expected = make_folder(tmp_path, "empty"), "--data_path"
+    elif case == "missing":
+        data, expected = str(tmp_path / "nowhere"), "--data_path"
+    elif case == "unreadable":
+        data, expected = make_folder(tmp_path, "junk", junk=["a.png", "b.jpg"]), "--data_path"
+    elif case == "num_vectors":
+        extra, expected = ["--num_vectors", "0"], "--num_vectors"
+    elif case == "property":
+        extra, expected = ["--learnable_property", "colour"], "--learnable_property"
+    elif case == "resolution":
+        extra, expected = ["--resolution", "30"], "--resolution"
+    elif case == "weight":
+        bad = str(tmp_path / "bad.safetensors")
+        with open(weights, "rb") as f:
+            open(bad, "wb").write(f.read()[:5000])
+        weights, expected = bad, "bad.safetensors"
+    elif case == "save_path":
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        save, expected = str(blocker / "run"), "--save_path"
+    elif case == "initializer":
+        extra, expected = ["--initializer_token", "sunflower field"], "--initializer_token"
+    elif case == "existing_word":
+        extra, expected = ["--placeholder_token", "cat</w>"], "--placeholder_token"
+    os.makedirs(os.path.join(str(tmp_path), "keep"), exist_ok=True)
+    result = train(*tiny(weights, "--data_path", data, "--save_path", save, "--total_step", "1",
+                         "--ms_mode", "1", *extra))
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+
+
+def test_corrupt_image_among_good_ones_is_skipped_with_a_warning(weights, tmp_path):
+    good = sorted(os.path.join(DEMO_TOY, f) for f in os.listdir(DEMO_TOY))[:2]
+    data = make_folder(tmp_path, "data", good, junk=["broken.png"])
+    result = train(*tiny(weights, "--data_path", data, "--save_path", str(tmp_path / "s"), "--total_step", "1",
+                         "--ms_mode", "1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "broken.png" in result.stderr
+    assert "2 images" in result.stdout
+
+
+def test_a_failed_run_loses_nothing_already_saved(weights, tmp_path):
+    save = str(tmp_path / "run")
+    args = tiny(weights, "--data_path", DEMO_TOY, "--save_path", save, "--total_step", "1", "--ms_mode", "1")
+    assert train(*args).returncode == 0
+    ckpt = os.path.join(save, "weights", "SD-XL-tiny_1_ti.ckpt")
+    before = open(ckpt, "rb").read()
+    result = train(*args, "--resolution", "12")
+    assert result.returncode == 1
+    assert open(ckpt, "rb").read() == before

@@ -1,0 +1,82 @@
+"""Convert a learned word between embedding-file formats, for use in other SDXL tools or back here.
+
+    python tools/export_embedding.py --src runs/cat_toy/weights/SD-XL-base-1.0_3000_ti.ckpt --format a1111 --dst cat-toy.safetensors
+    python tools/export_embedding.py --src runs/cat_toy/weights/SD-XL-base-1.0_3000_ti.ckpt --format diffusers --dst cat_toy_diffusers/
+    python tools/export_embedding.py --src cat-toy.safetensors --format ours --dst cat_toy_ti.ckpt --token "<cat-toy>"
+
+--src is any readable format (this toolkit's _ti.ckpt, an A1111/ComfyUI/kohya SDXL .safetensors, a
+diffusers learned_embeds pair or its folder, mindone's _ti.ckpt). --format:
+  a1111      one .safetensors with clip_l and clip_g, for AUTOMATIC1111, ComfyUI and kohya sd-scripts;
+             the word in prompts is the file name (ComfyUI: embedding:NAME)
+  diffusers  a folder with learned_embeds.safetensors (text_encoder) and learned_embeds_2.safetensors
+             (text_encoder_2), each {token: [N, D]}, for diffusers' load_textual_inversion
+  mindone    a _ti.ckpt for mindone's SDXL example
+  ours       this toolkit's _ti.ckpt
+A --dst folder gets a file named after the token. Files appear only when complete.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from gm.cli import UsageError, run  # noqa: E402
+from gm.textual_inversion import formats  # noqa: E402
+
+DTYPES = {"fp32": np.float32, "fp16": np.float16}
+EXTENSIONS = {"a1111": ".safetensors", "ours": ".ckpt", "mindone": ".ckpt"}
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])
+    p.add_argument("--src", required=True, help="embedding file (or diffusers folder) to read")
+    p.add_argument("--format", required=True, choices=sorted(formats.FORMATS), help="format to write")
+    p.add_argument("--dst", required=True, help="output file, or folder (diffusers: always a folder)")
+    p.add_argument("--token", default=None,
+                   help="the word to store (default: the source's); for a1111 the file name is the word")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="stored precision (default fp32)")
+    return p
+
+
+def destination(args, token):
+    """(output path, the word a user writes in prompts)."""
+    dst, fmt = args.dst, args.format
+    is_folder = os.path.isdir(dst) or dst.endswith(("/", os.sep))
+    if fmt == "diffusers":
+        if os.path.isfile(dst) or dst.lower().endswith((".safetensors", ".ckpt", ".bin")):
+            raise UsageError(f"--dst {dst}: diffusers' layout is a folder (it gets {' and '.join(formats.DIFFUSERS_FILES)})")
+        return dst, token
+    ext = EXTENSIONS[fmt]
+    if is_folder:
+        name = formats.file_word(token) if fmt == "a1111" else f"{formats.file_word(token)}_ti"
+        dst = os.path.join(dst, name + ext)
+    elif not dst.lower().endswith(ext):
+        raise UsageError(f"--dst {dst}: a {fmt} file ends with {ext}")
+    if fmt != "a1111":
+        return dst, token
+    word = os.path.basename(dst)[:-len(ext)]
+    if args.token is not None and args.token != word and not is_folder:
+        raise UsageError(f"--token {args.token!r}: an a1111 file's word is its file name ({word!r}); "
+                         f"name the file {formats.file_word(args.token)}{ext} or give a folder as --dst")
+    return dst, word
+
+
+def main():
+    args = parser().parse_args()
+    found = formats.read(args.src)
+    token = args.token if args.token is not None else found.token
+    if not token or token != token.strip():
+        raise UsageError(f"--token {token!r}: a word must be non-empty, without surrounding spaces")
+    dst, word = destination(args, token)
+    paths = formats.write(dst, token, found.rows, args.format, DTYPES[args.dtype])
+    shapes = ", ".join(f"{key} {list(r.shape)}" for key, r in zip(formats.ENCODER_KEYS, found.rows))
+    print(f"read {args.src} ({found.format}: {found.token}); wrote {args.format} {', '.join(paths)} ({shapes}, "
+          f"{args.dtype}); word in prompts: {word}")
+
+
+if __name__ == "__main__":
+    run(main)
