@@ -46,6 +46,12 @@ def parser():
                    help="start from this existing single-token word's embedding (default: random)")
     g.add_argument("--learnable_property", default="object", help="object, style or face: picks the prompt templates")
     g.add_argument("--template_file", default=None, help="text file of prompt templates, one per line with {}")
+    g.add_argument("--initializer_file", default=None,
+                   help="start from an existing embedding file of this word (any supported format)")
+    g.add_argument("--concepts", default=None,
+                   help="YAML file listing several concepts to learn in one run (each: placeholder_token, "
+                        "data_path, learnable_property, num_vectors, initializer_token, initializer_file, "
+                        "template_file; paths relative to the YAML file); replaces the concept flags")
     g = p.add_argument_group("training")
     g.add_argument("--total_step", type=int, default=None, help="optimiser steps (config: train.total_step)")
     g.add_argument("--train_batch_size", type=int, default=None, help="images per micro-batch (config)")
@@ -73,13 +79,44 @@ def parser():
     g = p.add_argument_group("device")
     g.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the installed MindSpore's)")
     g.add_argument("--ms_mode", type=int, default=0, choices=[0, 1], help="0 graph mode, 1 PyNative")
+    g.add_argument("--is_parallel", type=str2bool, default=False,
+                   help="data-parallel training over the processes started by mpirun -n N or msrun "
+                        "--worker_num N (see README): data sharded by rank, gradients averaged, rank 0 writes")
     return p
+
+
+def concepts_from_file(path):
+    """The concepts of a --concepts YAML file."""
+    from omegaconf import OmegaConf
+    from gm.textual_inversion.trainer import Concept
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--concepts {path}: no such file")
+    try:
+        entries = OmegaConf.to_container(OmegaConf.load(path)).get("concepts")
+    except Exception as e:  # yaml and omegaconf raise many types for a bad file
+        raise UsageError(f"--concepts {path}: not a readable YAML file ({type(e).__name__})") from None
+    if not isinstance(entries, list) or not entries:
+        raise UsageError(f"--concepts {path}: expected a non-empty list under 'concepts:'")
+    fields = set(Concept.__dataclass_fields__)
+    concepts = []
+    for i, entry in enumerate(entries):
+        unknown = set(entry) - fields if isinstance(entry, dict) else {"(not a mapping)"}
+        missing = {"placeholder_token", "data_path"} - set(entry or {})
+        if unknown or missing:
+            raise UsageError(f"--concepts {path}: concept {i + 1}: "
+                             + (f"unknown keys {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"))
+        for key in ("data_path", "initializer_file", "template_file"):
+            if entry.get(key):
+                entry[key] = os.path.join(os.path.dirname(os.path.abspath(path)), entry[key])
+        concepts.append(Concept(**entry))
+    return concepts
 
 
 def settings(args):
     """Flags merged over the training config."""
     from gm.build import load_config
-    from gm.textual_inversion.trainer import Settings
+    from gm.textual_inversion.trainer import Concept, Settings
 
     config = load_config(args.config)
     optim, train, infer = (config.get(k) or {} for k in ("optim", "train", "infer"))
@@ -87,13 +124,16 @@ def settings(args):
     def pick(flag, section, key, fallback):
         return flag if flag is not None else section.get(key, fallback)
 
-    if args.data_path is None:
-        raise UsageError("--data_path: required (a folder of images), or use --demo True")
+    if args.concepts:
+        concepts = concepts_from_file(args.concepts)
+    elif args.data_path:
+        concepts = [Concept(args.placeholder_token, args.data_path, args.num_vectors, args.learnable_property,
+                            args.initializer_token, args.initializer_file, args.template_file)]
+    else:
+        concepts = []
     return Settings(
-        config=config, config_path=args.config, weight=args.weight, data_path=args.data_path, save_path=args.save_path,
-        placeholder_token=args.placeholder_token, num_vectors=args.num_vectors,
-        learnable_property=args.learnable_property, initializer_token=args.initializer_token,
-        template_file=args.template_file, batch_size=pick(args.train_batch_size, train, "batch_size", 1),
+        config=config, config_path=args.config, weight=args.weight, save_path=args.save_path, concepts=concepts,
+        batch_size=pick(args.train_batch_size, train, "batch_size", 1),
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         total_step=pick(args.total_step, train, "total_step", 2000),
         learning_rate=pick(args.learning_rate, optim, "learning_rate", 5e-3),
@@ -139,14 +179,17 @@ def main():
     ms.set_context(mode=args.ms_mode)
     if args.device_target:
         ms.set_device(args.device_target)
+    from gm.parallel import init_parallel
+
+    parallel = init_parallel(args.is_parallel)
     if args.demo:
         apply_demo(args, given_flags(sys.argv[1:]))
     from gm.textual_inversion.trainer import Trainer
 
-    trainer = Trainer(settings(args))
+    trainer = Trainer(settings(args), parallel=parallel)
     step = trainer.run()
-    out = trainer.out
-    print(f"learned vectors: {out.ti_path(step) if step in out.saved_steps() else out.state_path}")
+    for out in trainer.outputs:
+        print(f"learned vectors: {out.ti_path(step)}")
     if args.demo:
         print("This was the demo on a tiny random model. With the real SDXL weights: convert them with "
               "tools/convert_weight.py (see README), then run with --data_path YOUR_FOLDER.")

@@ -44,10 +44,12 @@ def load_weights(model, path):
 
 
 def build_model(config, weights=None):
-    """DiffusionEngine from a config (path or loaded) and optional weights (path)."""
+    """DiffusionEngine from a config (path or loaded) and optional weights (path), all frozen."""
     if isinstance(config, str):
         config = load_config(config)
     model = instantiate_from_config(config.model)
+    for param in model.get_parameters():
+        param.requires_grad = False
     if weights:
         load_weights(model, weights)
     model.set_train(False)

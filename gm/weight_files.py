@@ -51,8 +51,12 @@ class _MappedFile:
         self.buf = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
 
     def close(self):
+        """Close the file; the mapping stays alive while arrays returned by ``get`` still use it."""
         if isinstance(self.buf, mmap.mmap):
-            self.buf.close()
+            try:
+                self.buf.close()
+            except BufferError:
+                pass
         self._file.close()
 
 

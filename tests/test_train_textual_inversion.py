@@ -43,7 +43,7 @@ def losses(save_path):
 
 def read_ti(path):
     with open_weights(path) as r:
-        return {k: r.get(k) for k in r.keys()}
+        return {k: r.get(k) if isinstance(r.get(k), str) else np.array(r.get(k)) for k in r.keys()}
 
 
 @pytest.mark.parametrize("seed_command", [
@@ -77,22 +77,18 @@ def test_training_learns_and_leaves_the_model_alone(weights, tmp_path):
     """Loss falls, the new rows move, the original tables stay bit-identical (in-process, graph mode)."""
     import mindspore as ms
     from gm.build import load_config
-    from gm.textual_inversion.trainer import Settings, Trainer
+    from gm.textual_inversion.trainer import Concept, Settings, Trainer
 
     ms.set_context(mode=0)
     save = str(tmp_path / "run")
-    s = Settings(config=load_config(TINY_TRAIN), config_path=TINY_TRAIN, weight=weights, data_path=DEMO_TOY,
-                 save_path=save, placeholder_token="<toy>", num_vectors=2, learnable_property="object",
-                 initializer_token=None, template_file=None, batch_size=4, gradient_accumulation_steps=1,
-                 total_step=120, learning_rate=1e-1, lr_scheduler="constant", lr_warmup_steps=0, weight_decay=0.0,
-                 betas=(0.9, 0.999), eps=1e-8, clip_grad=True, max_grad_norm=1.0, resolution=64, center_crop=True,
-                 flip_p=0.5, repeats=100, save_ckpt_interval=60, max_num_ckpt=1, infer_during_train=False,
-                 infer_interval=40, infer_prompt=None, infer_images=1, infer_steps=2, guidance_scale=5.0, seed=0,
-                 resume=False)
+    s = Settings(config=load_config(TINY_TRAIN), config_path=TINY_TRAIN, weight=weights, save_path=save,
+                 concepts=[Concept("<toy>", DEMO_TOY, num_vectors=2)], batch_size=4, total_step=120,
+                 learning_rate=1e-1, resolution=64, save_ckpt_interval=60, max_num_ckpt=1, seed=0)
     trainer = Trainer(s)
     embedders = trainer.model.conditioner.text_embedders
     tables = [e.embedding.weight.asnumpy().copy() for e in embedders]
-    start_rows = [r.copy() for r in trainer.rows()]
+    concept = s.concepts[0]
+    start_rows = [r.copy() for r in trainer.rows(concept)]
     assert [p.name for p in trainer.model.trainable_params()] == [p.name for p in trainer.params]
     assert [tuple(p.shape) for p in trainer.params] == [(2, 32), (2, 64)]
     try:
@@ -101,7 +97,7 @@ def test_training_learns_and_leaves_the_model_alone(weights, tmp_path):
         ms.set_context(mode=1)
     for table, e in zip(tables, embedders):
         assert np.array_equal(table, e.embedding.weight.asnumpy())
-    for before, after in zip(start_rows, trainer.rows()):
+    for before, after in zip(start_rows, trainer.rows(concept)):
         assert np.abs(after - before).max() > 1e-3
     log = losses(save)
     quarter = len(log) // 4
@@ -209,3 +205,23 @@ def test_a_failed_run_loses_nothing_already_saved(weights, tmp_path):
     result = train(*args, "--resolution", "12")
     assert result.returncode == 1
     assert open(ckpt, "rb").read() == before
+
+
+def test_several_concepts_in_one_run(weights, tmp_path):
+    """--concepts: one file per concept, each with its own token and vectors."""
+    (tmp_path / "concepts.yaml").write_text(
+        "concepts:\n"
+        f"  - {{placeholder_token: '<toy>', data_path: {DEMO_TOY}, num_vectors: 2}}\n"
+        f"  - {{placeholder_token: '<ink>', data_path: {DEMO_STYLE}, learnable_property: style}}\n")
+    save = str(tmp_path / "run")
+    result = train(*tiny(weights, "--concepts", str(tmp_path / "concepts.yaml"), "--save_path", save,
+                         "--total_step", "2", "--ms_mode", "1", "--train_batch_size", "1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    toy = read_ti(os.path.join(save, "weights", "toy", "SD-XL-tiny_2_ti.ckpt"))
+    ink = read_ti(os.path.join(save, "weights", "ink", "SD-XL-tiny_2_ti.ckpt"))
+    assert (toy["placeholder_token"], toy["clip_l"].shape, toy["clip_g"].shape) == ("<toy>", (2, 32), (2, 64))
+    assert (ink["placeholder_token"], ink["clip_l"].shape, ink["clip_g"].shape) == ("<ink>", (1, 32), (1, 64))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("concepts:\n  - {placeholder_token: '<x>', colour: red}\n")
+    result = train(*tiny(weights, "--concepts", str(bad), "--save_path", save, "--ms_mode", "1"))
+    assert result.returncode == 1 and "--concepts" in result.stderr and "colour" in result.stderr

@@ -1,6 +1,7 @@
 """What a training run leaves under ``--save_path``.
 
-    weights/{version}_{step}_ti.ckpt   learned vectors (at most max_num_ckpt kept)
+    weights/{version}_{step}_ti.ckpt   learned vectors (at most max_num_ckpt kept); with several
+                                       concepts, weights/{concept}/... and samples/{concept}/...
     train_state.ckpt                   vectors + optimiser moments + step, for --resume
     loss.csv, loss.png                 loss log and curve
     samples/step_{step}.png            images for a fixed prompt and seed (--infer_during_train)
@@ -24,11 +25,12 @@ LOG_FIELDS = ("step", "loss", "lr", "step_seconds")
 class RunOutputs:
     """Files of one run; everything is written atomically except the appended loss log."""
 
-    def __init__(self, save_path, version):
+    def __init__(self, save_path, version, concept=None):
+        """``concept`` names a sub-folder of weights/ and samples/ (runs learning several words)."""
         self.root = save_path
         self.version = version
-        self.weights_dir = os.path.join(save_path, "weights")
-        self.samples_dir = os.path.join(save_path, "samples")
+        self.weights_dir = os.path.join(save_path, "weights", *([concept] if concept else []))
+        self.samples_dir = os.path.join(save_path, "samples", *([concept] if concept else []))
         self.state_path = os.path.join(save_path, "train_state.ckpt")
         self.loss_path = os.path.join(save_path, "loss.csv")
         self.curve_path = os.path.join(save_path, "loss.png")

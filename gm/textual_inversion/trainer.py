@@ -1,13 +1,15 @@
-"""The textual-inversion training run: model, concept, cached latents, loop, outputs, resume.
+"""The textual-inversion training run: model, concepts, cached latents, loop, outputs, resume.
 
-Every random draw of a step (sample order, noise level, noise, posterior sample) is derived from
-(seed, step), so a run stopped and resumed from ``train_state.ckpt`` ends with the same vectors
-as one that never stopped.
+Every random draw (sample order, noise level, noise, posterior sample) is a function of the seed
+and the global index of the sample, so a run stopped and resumed from ``train_state.ckpt`` ends
+with the same vectors as one that never stopped, and N data-parallel ranks with batch B see
+exactly what one process with batch N*B sees.
 """
 import os
+import re
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import mindspore as ms
@@ -18,13 +20,32 @@ from gm.build import build_model
 from gm.cli import UsageError
 from gm.inference import Sampler
 from gm.modules.diffusionmodules.sampling import make_sampler
+from gm.parallel import SingleProcess
 from gm.textual_inversion.dataset import TIDataset
-from gm.textual_inversion.embeddings import add_concept, concept_rows, save_ti
+from gm.textual_inversion.embeddings import add_concept, concept_rows, load_ti, save_ti
 from gm.textual_inversion.outputs import RunOutputs
 from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr, learning_rate
 from gm.weight_files import open_weights, write_ckpt
 
 INFER_PROMPTS = {"object": "a photo of a {}", "style": "a painting in the style of {}", "face": "a photo of {}"}
+
+
+@dataclass
+class Concept:
+    """One new word: its token, vector count, images and how it is initialised."""
+
+    placeholder_token: str
+    data_path: str
+    num_vectors: int = 1
+    learnable_property: str = "object"
+    initializer_token: str = None
+    initializer_file: str = None
+    template_file: str = None
+
+    @property
+    def name(self):
+        """File-name form of the token (``<cat-toy>`` -> ``cat-toy``)."""
+        return re.sub(r"[^0-9A-Za-z_.-]+", "_", self.placeholder_token).strip("_") or "concept"
 
 
 @dataclass
@@ -34,38 +55,33 @@ class Settings:
     config: object
     config_path: str
     weight: str
-    data_path: str
     save_path: str
-    placeholder_token: str
-    num_vectors: int
-    learnable_property: str
-    initializer_token: str
-    template_file: str
-    batch_size: int
-    gradient_accumulation_steps: int
-    total_step: int
-    learning_rate: float
-    lr_scheduler: str
-    lr_warmup_steps: int
-    weight_decay: float
-    betas: tuple
-    eps: float
-    clip_grad: bool
-    max_grad_norm: float
-    resolution: int
-    center_crop: bool
-    flip_p: float
-    repeats: int
-    save_ckpt_interval: int
-    max_num_ckpt: int
-    infer_during_train: bool
-    infer_interval: int
-    infer_prompt: str
-    infer_images: int
-    infer_steps: int
-    guidance_scale: float
-    seed: int
-    resume: bool
+    concepts: list = field(default_factory=list)
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    total_step: int = 2000
+    learning_rate: float = 5e-3
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    clip_grad: bool = True
+    max_grad_norm: float = 1.0
+    resolution: int = 1024
+    center_crop: bool = True
+    flip_p: float = 0.5
+    repeats: int = 100
+    save_ckpt_interval: int = 500
+    max_num_ckpt: int = None
+    infer_during_train: bool = False
+    infer_interval: int = 500
+    infer_prompt: str = None
+    infer_images: int = 2
+    infer_steps: int = 40
+    guidance_scale: float = 5.0
+    seed: int = 42
+    resume: bool = False
 
 
 class VAEEncode(nn.Cell):
@@ -79,63 +95,94 @@ class VAEEncode(nn.Cell):
         return self.vae.encode(x)
 
 
+def check_settings(s):
+    for value, flag in ((s.total_step, "--total_step"), (s.gradient_accumulation_steps, "--gradient_accumulation_steps"),
+                        (s.batch_size, "--train_batch_size"), (s.save_ckpt_interval, "--save_ckpt_interval")):
+        if value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
+    if s.lr_scheduler not in ("constant", "cosine"):
+        raise UsageError(f"--lr_scheduler {s.lr_scheduler!r}: expected constant or cosine")
+    if not s.concepts:
+        raise UsageError("--data_path: required (a folder of images), or use --demo True")
+    tokens = [c.placeholder_token for c in s.concepts]
+    if len(set(tokens)) != len(tokens):
+        raise UsageError(f"--concepts: each concept needs its own placeholder_token (got {tokens})")
+
+
 class Trainer:
     """Builds everything from :class:`Settings` and runs the loop."""
 
-    def __init__(self, s):
-        if s.total_step < 1:
-            raise UsageError(f"--total_step {s.total_step}: must be at least 1")
-        if s.gradient_accumulation_steps < 1:
-            raise UsageError(f"--gradient_accumulation_steps {s.gradient_accumulation_steps}: must be at least 1")
-        if s.batch_size < 1:
-            raise UsageError(f"--train_batch_size {s.batch_size}: must be at least 1")
-        if s.lr_scheduler not in ("constant", "cosine"):
-            raise UsageError(f"--lr_scheduler {s.lr_scheduler!r}: expected constant or cosine")
+    def __init__(self, s, parallel=None):
+        check_settings(s)
         self.s = s
-        self.out = RunOutputs(s.save_path, s.config.get("version", "SD-XL"))
-        self.dataset = TIDataset(s.data_path, s.placeholder_token, s.num_vectors, s.learnable_property,
-                                 s.resolution, center_crop=s.center_crop, flip_p=s.flip_p, repeats=s.repeats,
-                                 template_file=s.template_file, seed=s.seed)
-        self.out.check_writable()
+        self.parallel = parallel or SingleProcess()
+        version = s.config.get("version", "SD-XL")
+        multi = len(s.concepts) > 1
+        self.outputs = [RunOutputs(s.save_path, version, c.name if multi else None) for c in s.concepts]
+        self.out = self.outputs[0]
+        self.datasets = [TIDataset(c.data_path, c.placeholder_token, c.num_vectors, c.learnable_property,
+                                   s.resolution, center_crop=s.center_crop, flip_p=s.flip_p, repeats=s.repeats,
+                                   template_file=c.template_file, seed=s.seed) for c in s.concepts]
+        if self.parallel.is_main:
+            for out in self.outputs:
+                out.check_writable()
         if not os.path.isfile(s.weight):
             raise UsageError(f"--weight {s.weight}: no such file (convert the official weights with "
                              "tools/convert_weight.py, or try --demo True)")
         self.model = build_model(s.config, s.weight)
-        self.params = add_concept(self.model.conditioner, s.placeholder_token, s.num_vectors,
-                                  initializer_token=s.initializer_token, seed=s.seed)
+        widths = [e.embedding.weight.shape[1] for e in self.model.conditioner.text_embedders]
+        for c in s.concepts:
+            rows = self._initial_rows(c, widths)
+            self.params = add_concept(self.model.conditioner, c.placeholder_token, c.num_vectors, rows=rows,
+                                      initializer_token=c.initializer_token, seed=s.seed)
         self.loss_and_grads = LossAndGrads(self.model, self.params)
         self.optimizer = ClippedAdamW(self.params, s.betas, s.eps, s.weight_decay,
                                       s.max_grad_norm if s.clip_grad else None)
         self.sigma_sampler = self.model.loss_fn.sigma_sampler
         self.start_step = self._resume() if s.resume else 0
-        self.latents = None
-        self.sampler = Sampler(self.model) if s.infer_during_train else None
+        self.latents = []
+        self.sampler = Sampler(self.model) if s.infer_during_train and self.parallel.is_main else None
         self.stop_requested = False
 
+    @staticmethod
+    def _initial_rows(concept, widths):
+        """Rows from ``initializer_file`` (an embedding of this word to keep training), else None."""
+        if not concept.initializer_file:
+            return None
+        token, rows = load_ti(concept.initializer_file, widths)
+        if rows[0].shape[0] != concept.num_vectors:
+            raise UsageError(f"--initializer_file {concept.initializer_file}: has {rows[0].shape[0]} vectors "
+                             f"({token}), but --num_vectors is {concept.num_vectors}")
+        return rows
+
     # -- state -----------------------------------------------------------------------------------
-    def rows(self):
-        return concept_rows(self.model.conditioner, self.s.placeholder_token, self.s.num_vectors)
+    def rows(self, concept):
+        return concept_rows(self.model.conditioner, concept.placeholder_token, concept.num_vectors)
 
     def save(self, step):
-        """The ``_ti.ckpt`` of this step and the resume state, both atomic; old files pruned."""
-        rows = self.rows()
-        save_ti(self.out.ti_path(step), self.s.placeholder_token, rows)
-        items = [(f"rows_{i}", r) for i, r in enumerate(rows)]
+        """Each concept's ``_ti.ckpt`` and the resume state, all atomic; old files pruned (main rank)."""
+        if not self.parallel.is_main:
+            return
+        for concept, out in zip(self.s.concepts, self.outputs):
+            save_ti(out.ti_path(step), concept.placeholder_token, self.rows(concept))
+            out.prune(self.s.max_num_ckpt)
+        items = [(f"rows_{i}", p.asnumpy()) for i, p in enumerate(self.params)]
         items += [(f"moment_{i}", m) for i, m in enumerate(self.optimizer.state())]
-        items += [("step", np.asarray(step, np.int64)), ("placeholder_token", self.s.placeholder_token),
-                  ("num_vectors", np.asarray(self.s.num_vectors, np.int64)), ("seed", np.asarray(self.s.seed))]
+        items += [("step", np.asarray(step, np.int64)), ("seed", np.asarray(self.s.seed, np.int64)),
+                  ("placeholder_token", self._identity())]
         write_ckpt(self.out.state_path, items)
-        self.out.prune(self.s.max_num_ckpt)
+
+    def _identity(self):
+        return "\n".join(f"{c.placeholder_token} {c.num_vectors}" for c in self.s.concepts)
 
     def _resume(self):
         path = self.out.state_path
         if not os.path.isfile(path):
             raise UsageError(f"--resume: no saved state at {path} (nothing to resume in --save_path)")
         with open_weights(path) as reader:
-            token, n = reader.get("placeholder_token"), int(np.asarray(reader.get("num_vectors")).reshape(-1)[0])
-            if token != self.s.placeholder_token or n != self.s.num_vectors:
-                raise UsageError(f"--resume: {path} is for {token!r} with {n} vectors, not "
-                                 f"{self.s.placeholder_token!r} with {self.s.num_vectors}")
+            if reader.get("placeholder_token") != self._identity():
+                raise UsageError(f"--resume: {path} was saved for other concepts "
+                                 f"({reader.get('placeholder_token')!r}, not {self._identity()!r})")
             for i, param in enumerate(self.params):
                 param.set_data(Tensor(np.array(reader.get(f"rows_{i}"), np.float32)))
             moments = [np.array(reader.get(f"moment_{i}")) for i in range(2 * len(self.params))]
@@ -145,65 +192,82 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------------
     def cache_latents(self, chunk=4):
-        """Posterior moments of every training view, through the VAE once."""
+        """Posterior moments of every training view of every concept, through the VAE once."""
         encode = VAEEncode(self.model.first_stage_model)
-        means, logvars = [], []
-        views = self.dataset.views
-        for start in tqdm(range(0, len(views), chunk), desc="caching latents", leave=False):
-            group = views[start:start + chunk]
-            pixels = np.stack([v.pixels for v in group] + [group[-1].pixels] * (chunk - len(group)))
-            mean, logvar = encode(Tensor(pixels))
-            means.append(mean.asnumpy()[:len(group)])
-            logvars.append(logvar.asnumpy()[:len(group)])
-        self.latents = (np.concatenate(means), np.concatenate(logvars))
+        for dataset in self.datasets:
+            means, logvars = [], []
+            views = dataset.views
+            for start in tqdm(range(0, len(views), chunk), desc="caching latents", leave=False,
+                              disable=not self.parallel.is_main):
+                group = views[start:start + chunk]
+                pixels = np.stack([v.pixels for v in group] + [group[-1].pixels] * (chunk - len(group)))
+                mean, logvar = encode(Tensor(pixels))
+                means.append(mean.asnumpy()[:len(group)])
+                logvars.append(logvar.asnumpy()[:len(group)])
+            self.latents.append((np.concatenate(means), np.concatenate(logvars)))
 
-    def micro_batch(self, index):
-        """Inputs of micro-batch ``index`` (global count of micro-batches), from (seed, index)."""
-        samples = self.dataset.sample(index, self.s.batch_size)
+    def micro_batch(self, concept_index, index):
+        """This rank's inputs of micro-batch ``index`` of a concept.
+
+        The noise of each sample comes from (seed, concept, global sample number), so how the
+        global batch is split over ranks does not change what is drawn.
+        """
+        dataset, (means, logvars) = self.datasets[concept_index], self.latents[concept_index]
+        rank, world, batch = self.parallel.rank, self.parallel.world_size, self.s.batch_size
+        samples = dataset.sample(index, batch, rank, world)
         view_ids = [v for v, _ in samples]
-        rng = np.random.default_rng([self.s.seed, index])
-        mean, logvar = self.latents[0][view_ids], self.latents[1][view_ids]
-        _, sigma = self.sigma_sampler(len(samples), rng)
-        latent_noise = rng.standard_normal(mean.shape).astype(np.float32)
-        noise = rng.standard_normal(mean.shape).astype(np.float32)
-        batch = {"txt": [p for _, p in samples], **self.dataset.size_conditioning(view_ids)}
-        cond = self.model.conditioner.prepare(batch)
-        return (Tensor(mean), Tensor(logvar), Tensor(latent_noise), Tensor(noise), Tensor(sigma), *cond)
+        first = (index * world + rank) * batch
+        sigmas, latent_noise, noise = [], [], []
+        for g in range(first, first + batch):
+            rng = np.random.default_rng([self.s.seed, concept_index, g])
+            sigmas.append(self.sigma_sampler(1, rng)[1][0])
+            latent_noise.append(rng.standard_normal(means.shape[1:]).astype(np.float32))
+            noise.append(rng.standard_normal(means.shape[1:]).astype(np.float32))
+        batch_dict = {"txt": [p for _, p in samples], **dataset.size_conditioning(view_ids)}
+        cond = self.model.conditioner.prepare(batch_dict)
+        return (Tensor(means[view_ids]), Tensor(logvars[view_ids]), Tensor(np.stack(latent_noise)),
+                Tensor(np.stack(noise)), Tensor(np.asarray(sigmas, np.float32)), *cond)
 
     # -- loop ------------------------------------------------------------------------------------
     def train_step(self, step):
-        """One optimiser step (``gradient_accumulation_steps`` micro-batches); returns (loss, lr)."""
+        """One optimiser step: every concept, ``gradient_accumulation_steps`` micro-batches each,
+        gradients averaged over them and over ranks. Returns (mean loss, lr)."""
         accum = self.s.gradient_accumulation_steps
-        total_loss, grads = 0.0, None
+        losses, grads = [], None
         for micro in range(accum):
-            loss, g = self.loss_and_grads(*self.micro_batch(step * accum + micro))
-            total_loss += float(loss.asnumpy())
-            grads = g if grads is None else tuple(a + b for a, b in zip(grads, g))
-        if accum > 1:
-            grads = tuple(g / accum for g in grads)
+            for c in range(len(self.s.concepts)):
+                loss, g = self.loss_and_grads(*self.micro_batch(c, step * accum + micro))
+                losses.append(loss)
+                grads = g if grads is None else tuple(a + b for a, b in zip(grads, g))
+        n = len(losses)
+        grads = tuple(g / n for g in grads)
+        loss = sum(losses[1:], losses[0]) / n
+        *grads, loss = self.parallel.mean((*grads, loss))
         lr = learning_rate(step, self.s.learning_rate, self.s.total_step, self.s.lr_warmup_steps,
                            self.s.lr_scheduler)
-        self.optimizer(ms.mutable(grads), as_lr(lr), as_lr(step + 1))
-        return total_loss / accum, lr
+        self.optimizer(ms.mutable(tuple(grads)), as_lr(lr), as_lr(step + 1))
+        return float(loss.asnumpy()), lr
 
     def infer(self, step):
-        prompt = self.s.infer_prompt or INFER_PROMPTS[self.s.learnable_property]
-        prompt = prompt.format(self.dataset.expanded_placeholder)
+        """Images for each concept's fixed prompt and seed; one progression row per call."""
         sampler = make_sampler("euler", self.s.infer_steps, self.s.guidance_scale)
-        images = self.sampler.sample([prompt] * self.s.infer_images, self.s.resolution, self.s.resolution,
-                                     seed=self.s.seed, sampler=sampler)
-        self.out.save_samples(step, images)
+        for concept, dataset, out in zip(self.s.concepts, self.datasets, self.outputs):
+            prompt = self.s.infer_prompt or INFER_PROMPTS[concept.learnable_property]
+            prompt = prompt.format(dataset.expanded_placeholder)
+            images = self.sampler.sample([prompt] * self.s.infer_images, self.s.resolution, self.s.resolution,
+                                         seed=self.s.seed, sampler=sampler)
+            out.save_samples(step, images)
 
     def summary(self):
         s = self.s
-        lines = [
-            f"model config        {s.config_path}",
-            f"weights             {s.weight}",
-            f"data                {s.data_path} ({self.dataset.num_images} images, {len(self.dataset.views)} views,"
-            f" {s.learnable_property})",
-            f"concept             {s.placeholder_token} x {s.num_vectors} vectors"
-            f" (init: {s.initializer_token or 'random'})",
-            f"steps               {s.total_step} x batch {s.batch_size} x accumulation {s.gradient_accumulation_steps}",
+        lines = [f"model config        {s.config_path}", f"weights             {s.weight}"]
+        for c, d in zip(s.concepts, self.datasets):
+            init = c.initializer_file or c.initializer_token or "random"
+            lines.append(f"concept             {c.placeholder_token} x {c.num_vectors} vectors (init: {init}), "
+                         f"{c.learnable_property}, {c.data_path} ({d.num_images} images, {len(d.views)} views)")
+        lines += [
+            f"steps               {s.total_step} x batch {s.batch_size} x accumulation {s.gradient_accumulation_steps}"
+            f" x {self.parallel.world_size} process(es)",
             f"learning rate       {s.learning_rate} ({s.lr_scheduler}, warm-up {s.lr_warmup_steps})",
             f"gradient clipping   {s.max_grad_norm if s.clip_grad else 'off'}",
             f"resolution          {s.resolution}",
@@ -214,37 +278,43 @@ class Trainer:
         print("Key settings\n" + "\n".join("  " + line for line in lines), flush=True)
 
     def run(self):
-        """Train to ``total_step``; on SIGINT/SIGTERM save the state and stop at the next step."""
-        self.summary()
+        """Train to ``total_step``; on SIGINT/SIGTERM save the state and stop after the current step."""
+        main = self.parallel.is_main
+        if main:
+            self.summary()
         self.cache_latents()
-        self.out.start_loss_log(self.start_step)
+        if main:
+            self.out.start_loss_log(self.start_step)
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=self.s.total_step, initial=self.start_step, desc="training", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=self.s.total_step, initial=self.start_step, desc="training", unit="step",
+                   dynamic_ncols=True, disable=not main)
         step = self.start_step
         try:
-            while step < self.s.total_step and not self.stop_requested:
+            while step < self.s.total_step and not self.parallel.any(self.stop_requested):
                 start = time.perf_counter()
                 loss, lr = self.train_step(step)
                 seconds = time.perf_counter() - start
                 step += 1
-                self.out.log_loss(step, loss, lr, seconds)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", step_s=f"{seconds:.2f}")
                 bar.update(1)
+                if main:
+                    self.out.log_loss(step, loss, lr, seconds)
                 if step % self.s.save_ckpt_interval == 0 or step == self.s.total_step:
                     self.save(step)
-                    self.out.save_loss_curve()
-                if self.s.infer_during_train and (step % self.s.infer_interval == 0 or step == self.s.total_step):
+                    if main:
+                        self.out.save_loss_curve()
+                if self.sampler and (step % self.s.infer_interval == 0 or step == self.s.total_step):
                     self.infer(step)
         finally:
             bar.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        if self.stop_requested and step < self.s.total_step:
+        if step < self.s.total_step:
             self.save(step)
-            self.out.save_loss_curve()
-            print(f"stopped at step {step}; continue with --resume True", flush=True)
+            if main:
+                self.out.save_loss_curve()
+                print(f"stopped at step {step}; continue with --resume True", flush=True)
         return step
 
     def _request_stop(self, signum, frame):
         self.stop_requested = True
-
