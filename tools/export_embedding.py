@@ -1,7 +1,9 @@
 """Convert a learned word between embedding-file formats, for use in other SDXL tools or back here.
 
-    python tools/export_embedding.py --src runs/cat_toy/weights/SD-XL-base-1.0_3000_ti.ckpt --format a1111 --dst cat-toy.safetensors
-    python tools/export_embedding.py --src runs/cat_toy/weights/SD-XL-base-1.0_3000_ti.ckpt --format diffusers --dst cat_toy_diffusers/
+    python tools/export_embedding.py --src runs/cat_toy/weights/SD-XL-base-1.0_3000_ti.ckpt \
+        --format a1111 --dst cat-toy.safetensors
+    python tools/export_embedding.py --src runs/cat_toy/weights/SD-XL-base-1.0_3000_ti.ckpt \
+        --format diffusers --dst cat_toy_diffusers/
     python tools/export_embedding.py --src cat-toy.safetensors --format ours --dst cat_toy_ti.ckpt --token "<cat-toy>"
 
 --src is any readable format (this toolkit's _ti.ckpt, an A1111/ComfyUI/kohya SDXL .safetensors, a
@@ -48,7 +50,8 @@ def destination(args, token):
     is_folder = os.path.isdir(dst) or dst.endswith(("/", os.sep))
     if fmt == "diffusers":
         if os.path.isfile(dst) or dst.lower().endswith((".safetensors", ".ckpt", ".bin")):
-            raise UsageError(f"--dst {dst}: diffusers' layout is a folder (it gets {' and '.join(formats.DIFFUSERS_FILES)})")
+            raise UsageError(f"--dst {dst}: diffusers' layout is a folder (it gets "
+                             f"{' and '.join(formats.DIFFUSERS_FILES)})")
         return dst, token
     ext = EXTENSIONS[fmt]
     if is_folder:
@@ -65,8 +68,8 @@ def destination(args, token):
     return dst, word
 
 
-def main():
-    args = parser().parse_args()
+def main(argv=None):
+    args = parser().parse_args(argv)
     found = formats.read(args.src)
     token = args.token if args.token is not None else found.token
     if not token or token != token.strip():
