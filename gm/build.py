@@ -5,13 +5,10 @@ import numpy as np
 from mindspore import Tensor
 from omegaconf import OmegaConf
 
+from gm.cli import ConfigError
 from gm.layout import check_layout, model_parameters
 from gm.util import instantiate_from_config
 from gm.weight_files import open_weights
-
-
-class ConfigError(Exception):
-    """A config file that is missing or not a model config."""
 
 
 def load_config(path):

@@ -7,6 +7,10 @@ class UsageError(Exception):
     """Bad input the user can fix: a flag value, a file, a folder."""
 
 
+class ConfigError(Exception):
+    """A config file that is missing or not a model config."""
+
+
 def str2bool(value):
     """argparse type accepting True/False, yes/no, 1/0 (any case)."""
     text = str(value).strip().lower()
@@ -19,7 +23,6 @@ def str2bool(value):
 
 def run(main):
     """Call ``main()``; known bad-input errors become ``error: ...`` on stderr and exit code 1."""
-    from gm.build import ConfigError
     from gm.weight_files import WeightFileError
 
     try:
