@@ -8,8 +8,7 @@ from mindspore import Tensor, nn, ops
 from gm.cli import UsageError
 from gm.modules.diffusionmodules.openaimodel import Downsample
 from gm.textual_inversion.dataset import placeholder_tokens
-from gm.textual_inversion.embedding_files import read_embedding
-from gm.textual_inversion.embeddings import add_concept, expand_prompt
+from gm.textual_inversion.embeddings import add_concept, expand_prompt, load_ti
 
 LATENT_CHANNELS = 4
 VAE_FACTOR = 8
@@ -131,8 +130,9 @@ class Sampler:
         return found
 
     def load_concept(self, path):
-        """Add (or replace) the learned word of an embedding file; returns its token."""
-        token, rows = read_embedding(path, self.encoder_widths)
+        """Add (or replace) the learned word of an embedding file (any format :func:`load_ti` reads); returns
+        its token."""
+        token, rows = load_ti(path, self.encoder_widths)
         self.add_concept(token, rows, path)
         return token
 
@@ -194,7 +194,8 @@ class Sampler:
         return self._embed(*self.engine.conditioner.prepare(batch))
 
     def encode(self, prompts, height, width, negative=None):
-        """(cond, uncond) as (context, vector) pairs; an empty negative prompt gives zeros, as sgm.
+        """(cond, uncond) as (context, vector) pairs; an empty negative prompt gives zero text embeddings,
+        as sgm's force_zero_embeddings and diffusers' force_zeros_for_empty_prompt.
 
         ``negative`` is one string for all prompts or one per prompt.
         """
@@ -202,11 +203,10 @@ class Sampler:
             negative = [negative] * len(prompts)
         cond = self.embed(prompts, height, width)
         if negative is None or all(not p for p in negative):
-            neg_ctx, neg_vec = self.embed([""] * len(prompts), height, width)
-            pooled = self.engine.conditioner.pooled_dim
-            neg_ctx = ops.zeros_like(neg_ctx)
-            neg_vec = ops.cat([ops.zeros_like(neg_vec[:, :pooled]), neg_vec[:, pooled:]], axis=1)
-            return cond, (neg_ctx, neg_vec)
+            context, vector = cond
+            pooled = self.engine.conditioner.pooled_dim  # the text part of the vector; the size part stays
+            vector = ops.cat([ops.zeros_like(vector[:, :pooled]), vector[:, pooled:]], axis=1)
+            return cond, (ops.zeros_like(context), vector)
         return cond, self.embed(negative, height, width)
 
     # -- images ------------------------------------------------------------------------------------

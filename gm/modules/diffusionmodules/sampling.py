@@ -52,6 +52,13 @@ class BaseSampler:
         ``rng`` (numpy Generator) draws any noise a step adds; ``callback(i, n)`` runs after step i of n.
         """
         sigmas = self.sigmas(num_steps)
+        return self.run(denoise, x * self.init_noise_sigma(sigmas), sigmas, cond, uc, rng, callback)
+
+    def run(self, denoise, x, sigmas, cond, uc=None, rng=None, callback=None):
+        """Step ``x``, already at noise level ``sigmas[0]`` (x0 + sigma * noise), down the given ``sigmas``.
+
+        :meth:`__call__` starts here from scaled noise; image-to-image starts part-way down the schedule.
+        """
         uc = cond if uc is None else uc
         rng = np.random.default_rng() if rng is None else rng
         ones = np.ones(x.shape[0], np.float32)
@@ -60,7 +67,6 @@ class BaseSampler:
             inputs = self.guider.prepare_inputs(x, Tensor(ones * np.float32(sigma)), cond, uc)
             return self.guider(denoise(*inputs))
 
-        x = x * self.init_noise_sigma(sigmas)
         n, carry = len(sigmas) - 1, None
         for i in range(n):
             x, carry = self.step(model, x, sigmas, i, carry, rng)

@@ -1,0 +1,183 @@
+"""Seconds per image at a fixed number of steps: our Sampler against diffusers' StableDiffusionXLPipeline.
+
+    python bench/sampling.py                                               # SDXL-base shapes, 256x256
+    python bench/sampling.py --config configs/inference/sd_xl_tiny.yaml --size 64
+
+Both sides load the same random weights: one single file in the official layout (written once, in
+--weights, fp16 like the official file for the base config), which diffusers converts with its own
+single-file helpers. Both run Euler with "leading" timesteps (diffusers' SDXL default), guidance 5
+and an empty negative prompt (zero unconditional embedding on both sides): text encoders, every UNet
+step with classifier-free guidance, VAE decode. Each side runs in its own process, one after the other.
+The first run includes graph compilation (ours) or warm-up; the steady figure is the best later run.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PROMPT = "a photo of an astronaut riding a horse on the moon"
+
+
+def peak_rss_gb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def time_runs(fn, repeat):
+    """Seconds of the first call and the best of ``repeat`` further calls."""
+    times = []
+    for _ in range(repeat + 1):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times[0], min(times[1:])
+
+
+def run_ours(args):
+    import mindspore as ms
+
+    from gm.build import build_model
+    from gm.inference import Sampler
+    from gm.modules.diffusionmodules.sampling import make_sampler
+
+    ms.set_context(mode=args.ms_mode)
+    ms.set_device("CPU")
+    sampler = Sampler(build_model(args.config, args.weights))
+    method = make_sampler("euler", args.steps, 5.0, spacing="leading")
+    return time_runs(lambda: sampler.sample([PROMPT] * args.batch, args.size, args.size, seed=0, sampler=method),
+                     args.repeat)
+
+
+def diffusers_pipeline(config_path, weights):
+    """StableDiffusionXLPipeline on the single file, converted component by component (one copy in memory)."""
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers.loaders import single_file_utils as sfu
+    from omegaconf import OmegaConf
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from conftest import diffusers_unet_config
+    from test_tokenizer import write_hf_vocab
+
+    from gm.weight_files import open_weights
+
+    config = OmegaConf.to_container(OmegaConf.load(config_path))
+    enc1, enc2 = (m["params"] for m in config["model"]["params"]["conditioner_config"]["params"]["emb_models"][:2])
+    with open_weights(weights) as reader:
+        def part(prefix):
+            return {k: torch.from_numpy(np.array(reader.get(k), np.float32)) for k in reader.keys()
+                    if k.startswith(prefix)}
+
+        def load(model, state):
+            model.load_state_dict(state, strict=True, assign=True)
+            return model.eval()
+
+        shapes = {k: torch.empty(reader.shape(k), device="meta") for k in reader.keys()}
+        unet_config = diffusers_unet_config(config, shapes)
+        vae_config = sfu.create_vae_diffusers_config_from_ldm(config, shapes)
+        clip_l = CLIPTextConfig(vocab_size=enc1["vocab_size"], hidden_size=enc1["hidden_size"],
+                                intermediate_size=enc1["intermediate_size"], num_hidden_layers=enc1["num_layers"],
+                                num_attention_heads=enc1["num_heads"], max_position_embeddings=enc1["max_length"],
+                                hidden_act=enc1["hidden_act"], bos_token_id=49406, eos_token_id=49407)
+        clip_g = CLIPTextConfig(vocab_size=enc2["vocab_size"], hidden_size=enc2["width"],
+                                intermediate_size=int(enc2["width"] * enc2["mlp_ratio"]),
+                                num_hidden_layers=enc2["layers"], num_attention_heads=enc2["heads"],
+                                max_position_embeddings=enc2["max_length"], hidden_act="gelu",
+                                projection_dim=enc2["embed_dim"], bos_token_id=49406, eos_token_id=49407)
+        with torch.device("meta"):
+            models = {"unet": UNet2DConditionModel(**unet_config), "vae": AutoencoderKL(**vae_config),
+                      "text_encoder": CLIPTextModel(clip_l), "text_encoder_2": CLIPTextModelWithProjection(clip_g)}
+        unet = load(models["unet"], sfu.convert_ldm_unet_checkpoint(part("model.diffusion_model."), unet_config))
+        vae = load(models["vae"], sfu.convert_ldm_vae_checkpoint(part("first_stage_model."), vae_config))
+        texts = [sfu.convert_ldm_clip_checkpoint(part("conditioner.embedders.0.")),
+                 sfu.convert_open_clip_checkpoint(models["text_encoder_2"], part("conditioner.embedders.1."),
+                                                  prefix="conditioner.embedders.1.model.")]
+    for name, state in zip(("text_encoder", "text_encoder_2"), texts):
+        state.pop("text_model.embeddings.position_ids", None)  # a buffer, not a weight, in transformers
+        model = load(models[name], state)
+        model.text_model.embeddings.position_ids = torch.arange(model.config.max_position_embeddings)[None]
+    vocab = tempfile.mkdtemp()
+    write_hf_vocab(Path(vocab))
+    files = dict(vocab_file=os.path.join(vocab, "vocab.json"), merges_file=os.path.join(vocab, "merges.txt"),
+                 model_max_length=enc1["max_length"])
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
+                                       prediction_type="epsilon")
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=models["text_encoder"], text_encoder_2=models["text_encoder_2"],
+        tokenizer=CLIPTokenizer(**files), tokenizer_2=CLIPTokenizer(**files, pad_token="!"), unet=unet,
+        scheduler=scheduler, add_watermarker=False)
+
+
+def run_diffusers(args):
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    pipe = diffusers_pipeline(args.config, args.weights)
+    pipe.set_progress_bar_config(disable=True)
+
+    def once():
+        with torch.no_grad():
+            pipe([PROMPT] * args.batch, height=args.size, width=args.size, num_inference_steps=args.steps,
+                 guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="np")
+
+    return time_runs(once, args.repeat)
+
+
+def child(args):
+    run = run_ours if args.which == "ours" else run_diffusers
+    first, best = run(args)
+    print(json.dumps({"first": first / args.batch, "steady": best / args.batch, "peak_rss_gb": peak_rss_gb()}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs/inference/sd_xl_base.yaml"))
+    parser.add_argument("--weights", default=None,
+                        help="official-layout single file (default: random weights written once to the temp folder)")
+    parser.add_argument("--size", type=int, default=256, help="image side in pixels")
+    parser.add_argument("--steps", type=int, default=10, help="sampling steps (fixed on both sides)")
+    parser.add_argument("--batch", type=int, default=1, help="images per run")
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs after the first")
+    parser.add_argument("--ms_mode", type=int, default=0, help="0 graph, 1 PyNative (ours)")
+    parser.add_argument("--which", choices=["both", "ours", "diffusers"], default="both")
+    args = parser.parse_args()
+    if args.which != "both":
+        return child(args)
+    if args.weights is None:
+        from gm.random_weights import write_random_checkpoint
+
+        name = os.path.splitext(os.path.basename(args.config))[0]
+        dtype = "fp32" if "tiny" in name else "fp16"
+        args.weights = os.path.join(tempfile.gettempdir(), f"gm_bench_{name}_random_{dtype}.safetensors")
+        if not os.path.isfile(args.weights):
+            print(f"writing random weights to {args.weights}", flush=True)
+            write_random_checkpoint(args.config, args.weights, seed=0, dtype=dtype)
+    results = {}
+    for which in ("ours", "diffusers"):
+        cmd = [sys.executable, __file__, "--which", which] + [f"--{k}={v}" for k, v in vars(args).items()
+                                                                if k != "which"]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"{which} failed:\n{out.stderr[-3000:]}")
+        results[which] = json.loads(out.stdout.strip().splitlines()[-1])
+    ours, ref = results["ours"], results["diffusers"]
+    print(f"sampling at {os.path.basename(args.config)}, {args.size}x{args.size} px, {args.steps} Euler steps, "
+          f"guidance 5, batch {args.batch}, {os.cpu_count()} threads, MindSpore mode {args.ms_mode}")
+    print(f"{'':30}{'ours':>10}{'diffusers':>11}{'ours/diffusers':>16}")
+    for key, label in (("steady", "seconds per image"), ("first", "first run, per image (compile)"),
+                       ("peak_rss_gb", "peak RSS GB")):
+        print(f"{label:30}{ours[key]:10.3f}{ref[key]:11.3f}{ours[key] / ref[key]:16.2f}")
+
+
+if __name__ == "__main__":
+    main()

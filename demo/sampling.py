@@ -1,0 +1,196 @@
+"""Streamlit app: SDXL images with learned textual-inversion words.
+
+    streamlit run demo/sampling.py
+    streamlit run demo/sampling.py -- --config configs/training/sd_xl_tiny_finetune_textual_inversion.yaml \\
+        --weight checkpoints/sd_xl_tiny_random.safetensors --textual_inversion_weight runs/demo/weights/x_ti.ckpt
+
+The sidebar's config, weights and embedding files start from these flags, else from the environment
+(SDXL_CONFIG, SDXL_WEIGHT, SDXL_TI_WEIGHTS: paths joined by the OS path separator, SDXL_DEVICE,
+SDXL_MS_MODE), else SDXL base. The model is loaded once and kept while the server runs.
+"""
+import argparse
+import glob
+import hashlib
+import io
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import streamlit as st
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from demo.mindspore_in_streamlit import import_mindspore  # noqa: E402
+
+import_mindspore()
+
+from PIL import Image  # noqa: E402
+
+from gm.build import build_model, load_config  # noqa: E402
+from gm.cli import ConfigError, UsageError  # noqa: E402
+from gm.images import make_grid  # noqa: E402
+from gm.inference import Sampler, default_size, init_mindspore  # noqa: E402
+from gm.modules.diffusionmodules.discretizer import SPACINGS  # noqa: E402
+from gm.modules.diffusionmodules.sampling import make_sampler  # noqa: E402
+from gm.weight_files import WeightFileError  # noqa: E402
+
+SAMPLER_LABELS = {"euler": "Euler EDM", "euler_a": "Euler ancestral", "dpmpp_2m": "DPM++ 2M"}
+BAD_INPUT = (UsageError, ConfigError, WeightFileError)
+UPLOADS = os.path.join(tempfile.gettempdir(), "sdxl_ti_uploads")
+
+
+def options(argv):
+    """Flags after ``--``; their defaults come from the environment."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(allow_abbrev=False)
+    p.add_argument("--config", default=env("SDXL_CONFIG", "configs/inference/sd_xl_base.yaml"))
+    p.add_argument("--weight", default=env("SDXL_WEIGHT", "checkpoints/sd_xl_base_1.0_ms.ckpt"))
+    p.add_argument("--textual_inversion_weight", nargs="+", action="extend",
+                   default=[p for p in env("SDXL_TI_WEIGHTS", "").split(os.pathsep) if p])
+    p.add_argument("--device_target", default=env("SDXL_DEVICE"))
+    p.add_argument("--ms_mode", type=int, choices=[0, 1], default=int(env("SDXL_MS_MODE", "0")))
+    return p.parse_known_args(argv)[0]
+
+
+@st.cache_resource
+def setup(device_target, mode):
+    """MindSpore's device and mode, once per process."""
+    init_mindspore(device_target, mode)
+    return True
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the model ...")
+def load(config_path, weight_path):
+    """(Sampler, lock, config) for a config and weights, built once and shared by every session; choosing
+    other ones frees these (two SDXL models would not fit in memory)."""
+    config = load_config(config_path)
+    if not os.path.isfile(weight_path):
+        raise UsageError(f"{weight_path}: no such weight file")
+    return Sampler(build_model(config, weight_path)), threading.Lock(), config
+
+
+def saved_upload(upload):
+    """Path of an uploaded embedding file, written once under the temp folder by content hash."""
+    data = upload.getvalue()
+    folder = os.path.join(UPLOADS, hashlib.sha256(data).hexdigest()[:16])
+    path = os.path.join(folder, os.path.basename(upload.name))
+    if not os.path.isfile(path):
+        os.makedirs(folder, exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+    return path
+
+
+def png_bytes(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sidebar(opts):
+    """Model and embedding choices: (config path, weight path, embedding paths)."""
+    st.sidebar.header("Model")
+    config_path = st.sidebar.text_input("Config", opts.config, key="config")
+    weight_path = st.sidebar.text_input("Weights", opts.weight, key="weight")
+    st.sidebar.header("Learned words")
+    found = sorted(glob.glob("runs/**/*_ti.ckpt", recursive=True))
+    choices = list(dict.fromkeys(opts.textual_inversion_weight + found))
+    picked = st.sidebar.multiselect("Embedding files", choices, default=opts.textual_inversion_weight,
+                                    key="embeddings")
+    uploads = st.sidebar.file_uploader("Or upload embedding files", type=["ckpt", "safetensors"],
+                                       accept_multiple_files=True, key="uploads")
+    return config_path, weight_path, picked + [saved_upload(u) for u in uploads or []]
+
+
+def settings(config, multiple):
+    """The sampling controls of the main page, as a dict; sizes step by ``multiple``."""
+    side = default_size(config)
+    s = {"prompt": st.text_area("Prompt", "a <cat-toy> backpack", key="prompt"),
+         "negative": st.text_input("Negative prompt", "", key="negative")}
+    left, middle, right = st.columns(3)
+    s["sampler"] = left.selectbox("Sampler", list(SAMPLER_LABELS), format_func=SAMPLER_LABELS.get, key="sampler")
+    s["spacing"] = left.selectbox("Timestep spacing", SPACINGS, key="spacing",
+                                  help="sgm: generative-models; leading: diffusers' SDXL default")
+    s["steps"] = middle.number_input("Steps", 1, 1000, 40, key="steps")
+    s["guidance"] = middle.number_input("Guidance scale", 0.0, 50.0, 5.0, 0.5, key="guidance")
+    s["seed"] = middle.number_input("Seed", 0, 2 ** 32 - 1, 42, key="seed")
+    s["height"] = right.number_input("Height", multiple, 4096, side, multiple, key="height")
+    s["width"] = right.number_input("Width", multiple, 4096, side, multiple, key="width")
+    s["count"] = right.number_input("Images", 1, 16, 1, key="count")
+    return s
+
+
+def load_embeddings(sampler, paths):
+    """Give the shared model the words of ``paths`` (again: another session may have loaded other
+    vectors for the same token since)."""
+    for path in paths:
+        sampler.load_concept(path)
+
+
+def generate(sampler, lock, embeddings, s):
+    """Sample with a progress bar; the images (uint8 [N, H, W, 3])."""
+    try:
+        sampler.check_size(int(s["height"]), int(s["width"]))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    bar = st.progress(0.0, text="sampling")
+
+    def progress(i, n):
+        bar.progress(i / n, text=f"step {i}/{n}")
+
+    method = make_sampler(s["sampler"], int(s["steps"]), float(s["guidance"]), spacing=s["spacing"])
+    start = time.perf_counter()
+    with lock:
+        load_embeddings(sampler, embeddings)
+        images = sampler.sample([s["prompt"]] * int(s["count"]), int(s["height"]), int(s["width"]),
+                                negative=s["negative"], seed=int(s["seed"]), sampler=method, callback=progress)
+    bar.progress(1.0, text=f"{len(images)} images in {time.perf_counter() - start:.1f} s")
+    return images
+
+
+def show(results):
+    st.image(list(results["images"]), caption=results["captions"], output_format="PNG")
+    columns = st.columns(min(len(results["images"]) + 1, 4))
+    for i, image in enumerate(results["images"]):
+        columns[i % len(columns)].download_button(f"Download image {i + 1}", png_bytes(image), f"image_{i + 1}.png",
+                                                  "image/png", key=f"download_{i}")
+    if len(results["images"]) > 1:
+        grid = make_grid(results["images"], len(results["images"]))
+        columns[-1].download_button("Download grid", png_bytes(grid), "grid.png", "image/png", key="download_grid")
+
+
+def main():
+    st.set_page_config(page_title="SDXL textual inversion", layout="wide")
+    st.title("SDXL with learned words")
+    opts = options(sys.argv[1:])
+    config_path, weight_path, embeddings = sidebar(opts)
+    try:
+        setup(opts.device_target, opts.ms_mode)
+        sampler, lock, config = load(config_path, weight_path)
+        with lock:
+            load_embeddings(sampler, embeddings)
+    except BAD_INPUT as e:
+        st.error(str(e))
+        st.stop()
+    words = sampler.concepts
+    st.sidebar.caption("Loaded: " + (", ".join(f"{t} ({n} vectors)" for t, n in words.items()) or "none"))
+    s = settings(config, sampler.size_multiple)
+    for message in sampler.prompt_warnings(s["prompt"]) + sampler.prompt_warnings(s["negative"]):
+        st.warning(message)
+    if st.button("Generate", type="primary", key="generate"):
+        try:
+            images = generate(sampler, lock, embeddings, s)
+        except BAD_INPUT as e:
+            st.error(str(e))
+            st.stop()
+        st.session_state["results"] = {
+            "images": images,
+            "captions": [f"{s['prompt']} (seed {s['seed']}, {i + 1}/{len(images)})" for i in range(len(images))]}
+    if "results" in st.session_state:
+        show(st.session_state["results"])
+
+
+main()
