@@ -1,18 +1,12 @@
 """Shared test helpers: configs, tolerances and MindSpore mode switching."""
 import os
 import sys
-import tempfile
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-# Graph-mode compilations are cached across the test processes of one session (same graph, same
-# shapes): the many small training runs of the tests compile each graph once.
-os.environ.setdefault("MS_COMPILER_CACHE_ENABLE", "1")
-os.environ.setdefault("MS_COMPILER_CACHE_PATH", tempfile.mkdtemp(prefix="ms_compile_cache_"))
 
 TINY_CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_tiny.yaml")
 BASE_CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_base.yaml")
