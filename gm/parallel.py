@@ -11,8 +11,8 @@ starts the scheduler itself. Under mpirun they are derived from OpenMPI's: rank 
 ``OMPI_COMM_WORLD_SIZE``, and rank 0 starts the scheduler as a child process listening on
 ``MS_SCHED_HOST`` (default 127.0.0.1; for several nodes pass rank 0's address with
 ``mpirun -x MS_SCHED_HOST=...``) and ``MS_SCHED_PORT`` (default 10000 + OpenMPI's job id modulo
-20000, so concurrent jobs differ). A launch with an Ascend rank table (``RANK_TABLE_FILE``) is left
-to MindSpore.
+20000, so concurrent jobs differ); its log is ``gm_scheduler_{port}.log`` in the temp folder. A
+launch with an Ascend rank table (``RANK_TABLE_FILE``) is left to MindSpore.
 
 Failures end in bounded time, through two MindSpore timeouts in seconds, set here when the
 environment does not already give them: ``MS_TOPO_TIMEOUT`` (90) for every process to join, and
@@ -20,23 +20,43 @@ environment does not already give them: ``MS_TOPO_TIMEOUT`` (90) for every proce
 scheduler's heartbeat limit). Only rank 0 saves and samples while the others wait in the next
 collective: raise ``MS_NODE_TIMEOUT`` when that takes longer (sampling the full model on CPU).
 """
+import atexit
 import os
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
+from mindspore import Tensor, nn, ops
+from mindspore.communication import get_group_size, get_rank, init
 
 from gm.cli import UsageError
 
 TIMEOUTS = {"MS_TOPO_TIMEOUT": "90", "MS_NODE_TIMEOUT": "90"}
-SCHEDULER = ("import mindspore as ms; ms.set_device('CPU'); "
-             "from mindspore.communication import init; init()")
+# MindSpore's scheduler for an mpirun job. It ignores SIGTERM, which mpirun sends to rank 0's
+# process group when stopping a job, so that the ranks can finish their step and leave the group
+# cleanly; mpirun's SIGKILL after that still ends it.
+SCHEDULER = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             "signal.signal(signal.SIGINT, signal.SIG_IGN); "
+             "import mindspore as ms; ms.set_device('CPU'); from mindspore.communication import init; init()")
 
 
 class ParallelError(UsageError):
     """A process of the job could not be started, joined or reached (reported as one line, exit 1)."""
+
+
+def _broken_group(message):
+    """ParallelError for a process group that failed. The process will then exit without
+    MindSpore's teardown, which would wait for the lost processes and end in its own SIGTERM."""
+    def exit_now():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    atexit.register(exit_now)
+    return ParallelError(message)
 
 
 class SingleProcess:
@@ -57,18 +77,15 @@ class SingleProcess:
         return bool(flag)
 
 
-def _all_reduce_sum():
-    from mindspore import nn, ops
+class AllReduceSum(nn.Cell):
+    """Element-wise sum over the processes of the group."""
 
-    class AllReduceSum(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.all_reduce = ops.AllReduce()
+    def __init__(self):
+        super().__init__()
+        self.all_reduce = ops.AllReduce()
 
-        def construct(self, x):
-            return self.all_reduce(x)
-
-    return AllReduceSum()
+    def construct(self, x):
+        return self.all_reduce(x)
 
 
 class DataParallel:
@@ -83,23 +100,19 @@ class DataParallel:
         self.rank = rank
         self.world_size = world_size
         self.is_main = rank == 0
-        self._sum = _all_reduce_sum()
+        self._sum = AllReduceSum()
 
     def _reduce(self, flat, what):
-        from mindspore import Tensor
-
         try:
             return self._sum(Tensor(flat)).asnumpy()
         except RuntimeError:
-            raise ParallelError(
+            raise _broken_group(
                 f"rank {self.rank}: lost the other processes while {what} (one died, hung for more than "
                 f"MS_NODE_TIMEOUT={os.environ.get('MS_NODE_TIMEOUT')} s, or the network failed); the "
                 "checkpoints saved so far are kept") from None
 
     def mean(self, tensors):
         """Element-wise mean of each tensor over the processes (one all-reduce for all of them)."""
-        from mindspore import Tensor
-
         arrays = [t.asnumpy() for t in tensors]
         flat = np.concatenate([a.astype(np.float32).ravel() for a in arrays])
         total = self._reduce(flat, "averaging gradients") / np.float32(self.world_size)
@@ -153,7 +166,7 @@ def _start_scheduler(host, port):
     env.pop("MS_NODE_ID")
     with open(log, "w") as out:
         subprocess.Popen([sys.executable, "-c", SCHEDULER], env=env, stdin=subprocess.DEVNULL, stdout=out,
-                         stderr=subprocess.STDOUT, start_new_session=True)
+                         stderr=subprocess.STDOUT)
     return log
 
 
@@ -164,6 +177,25 @@ def _bridge_openmpi():
     os.environ.update(MS_ROLE="MS_WORKER", MS_WORKER_NUM=os.environ["OMPI_COMM_WORLD_SIZE"], MS_NODE_ID=rank,
                       MS_SCHED_HOST=host, MS_SCHED_PORT=port)
     return _start_scheduler(host, port) if rank == "0" else None
+
+
+def _wait_for_scheduler(host, port, seconds):
+    """Return once the scheduler accepts connections; ParallelError after ``seconds``.
+
+    MindSpore's own retries after a refused registration can keep failing for tens of seconds,
+    so a worker registers only once the scheduler listens.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ParallelError(f"cannot reach MindSpore's scheduler at {host}:{port} within MS_TOPO_TIMEOUT="
+                                    f"{seconds:g} s: is rank 0 running, and MS_SCHED_HOST/MS_SCHED_PORT right?") \
+                    from None
+            time.sleep(0.2)
 
 
 def init_parallel(enabled):
@@ -185,17 +217,22 @@ def init_parallel(enabled):
     for key, value in TIMEOUTS.items():
         os.environ.setdefault(key, value)
     scheduler_log = _bridge_openmpi() if launcher == "mpirun" else None
-    from mindspore.communication import get_group_size, get_rank, init
-
+    role = os.environ.get("MS_ROLE")
+    host, port = os.environ.get("MS_SCHED_HOST", "127.0.0.1"), os.environ.get("MS_SCHED_PORT", "8118")
+    if role == "MS_WORKER":
+        _wait_for_scheduler(host, port, float(os.environ["MS_TOPO_TIMEOUT"]))
     try:
         init()
-    except RuntimeError:
-        where = f"the scheduler at {os.environ.get('MS_SCHED_HOST')}:{os.environ.get('MS_SCHED_PORT')}" \
-            if launcher != "rank table" else "the rank table"
-        raise ParallelError(
-            f"could not form the group of {size} processes through {where} within MS_TOPO_TIMEOUT="
+    except RuntimeError as e:
+        detail = str(e).strip().splitlines()[0]
+        if role == "MS_SCHED":
+            raise _broken_group(f"MindSpore's scheduler: {detail}") from None
+        if role is None:
+            raise _broken_group(f"could not start the rank-table job: {detail}") from None
+        raise _broken_group(
+            f"could not form the group of {size} processes at the scheduler {host}:{port} within MS_TOPO_TIMEOUT="
             f"{os.environ['MS_TOPO_TIMEOUT']} s: a process failed to start or cannot reach it"
             + (f" (scheduler log: {scheduler_log})" if scheduler_log else "")) from None
-    if os.environ.get("MS_ROLE") == "MS_SCHED":
+    if role == "MS_SCHED":
         sys.exit(0)
     return DataParallel(get_rank(), get_group_size())
