@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 from mindspore import Tensor
+from mindspore.nn.utils import no_init_parameters
 from omegaconf import OmegaConf
 
 from gm.cli import ConfigError
@@ -44,10 +45,13 @@ def build_model(config, weights=None):
     """DiffusionEngine from a config (path or loaded) and optional weights (path), all frozen."""
     if isinstance(config, str):
         config = load_config(config)
-    model = instantiate_from_config(config.model)
+    if weights:
+        with no_init_parameters():  # the file replaces every value: no random initialisation first
+            model = instantiate_from_config(config.model)
+        load_weights(model, weights)
+    else:
+        model = instantiate_from_config(config.model)
     for param in model.get_parameters():
         param.requires_grad = False
-    if weights:
-        load_weights(model, weights)
     model.set_train(False)
     return model
