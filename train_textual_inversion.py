@@ -79,6 +79,11 @@ def parser():
     g = p.add_argument_group("device")
     g.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the installed MindSpore's)")
     g.add_argument("--ms_mode", type=int, default=0, choices=[0, 1], help="0 graph mode, 1 PyNative")
+    g.add_argument("--ms_amp_level", default="O0", choices=["O0", "O2", "O3"],
+                   help="mixed precision of the UNet and text encoders (VAE stays fp32): O0 fp32, O2 with "
+                        "norms in fp32, O3 all; for Ascend/GPU (fp16 on CPU is slow)")
+    g.add_argument("--amp_dtype", default="float16", choices=["float16", "bfloat16"],
+                   help="low-precision type of --ms_amp_level O2/O3 (bfloat16: Ascend 910B, GPU)")
     g.add_argument("--is_parallel", type=str2bool, default=False,
                    help="data-parallel training over the processes started by mpirun -n N or msrun "
                         "--worker_num N (see README): data sharded by rank, gradients averaged, rank 0 writes")
@@ -149,7 +154,8 @@ def settings(args):
         infer_during_train=args.infer_during_train,
         infer_interval=pick(args.infer_interval, infer, "interval", 500), infer_prompt=args.infer_prompt,
         infer_images=infer.get("num_images", 2), infer_steps=infer.get("sample_steps", 40),
-        guidance_scale=infer.get("guidance_scale", 5.0), seed=args.seed, resume=args.resume)
+        guidance_scale=infer.get("guidance_scale", 5.0), seed=args.seed, resume=args.resume,
+        amp_level=args.ms_amp_level, amp_dtype=args.amp_dtype)
 
 
 def apply_demo(args, given):

@@ -69,6 +69,11 @@ def parser():
     g.add_argument("--save_path", default="outputs/demo", help="folder for the PNGs and grids")
     g.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the installed MindSpore's)")
     g.add_argument("--ms_mode", type=int, default=0, choices=[0, 1], help="0 graph mode, 1 PyNative")
+    g.add_argument("--ms_amp_level", default="O0", choices=["O0", "O2", "O3"],
+                   help="mixed precision of the UNet and text encoders (VAE stays fp32): O0 fp32, O2 with "
+                        "norms in fp32, O3 all; for Ascend/GPU (fp16 on CPU is slow)")
+    g.add_argument("--amp_dtype", default="float16", choices=["float16", "bfloat16"],
+                   help="low-precision type of --ms_amp_level O2/O3 (bfloat16: Ascend 910B, GPU)")
     return p
 
 
@@ -207,7 +212,7 @@ def main(argv=None):
     config = load_config(args.config)
     image = read_input_image(args.img) if args.task == "img2img" else None
     init_mindspore(args.device_target, args.ms_mode)
-    sampler = Sampler(build_model(config, args.weight))
+    sampler = Sampler(build_model(config, args.weight, args.ms_amp_level, args.amp_dtype))
     height, width = image_size(args, config, image, sampler.size_multiple)
     if image is not None:
         image = image.resize((width, height), Image.BICUBIC)

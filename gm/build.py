@@ -2,12 +2,14 @@
 import os
 
 import numpy as np
+import mindspore as ms
 from mindspore import Tensor
 from mindspore.nn.utils import no_init_parameters
 from omegaconf import OmegaConf
 
 from gm.cli import ConfigError
 from gm.layout import check_layout, model_parameters
+from gm.modules.layers import GroupNorm, LayerNorm
 from gm.util import instantiate_from_config
 from gm.weight_files import open_weights
 
@@ -41,8 +43,36 @@ def load_weights(model, path):
             param.set_data(Tensor(np.array(reader.get(name), dtype=np.float32)).astype(param.dtype))
 
 
-def build_model(config, weights=None):
-    """DiffusionEngine from a config (path or loaded) and optional weights (path), all frozen."""
+AMP_LEVELS = ("O0", "O2", "O3")
+AMP_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
+
+
+def mixed_precision(model, level, dtype="float16"):
+    """Run the UNet and the conditioner in ``dtype``, the VAE in fp32 (``--ms_amp_level``).
+
+    "O0": everything fp32; "O2": normalisation layers stay fp32; "O3": all of the UNet and the
+    conditioner in ``dtype``. Parameters stay fp32 (cast where used, so trained rows and their
+    AdamW state are fp32), and the denoiser casts the UNet's output back to fp32.
+    """
+    if level not in AMP_LEVELS:
+        raise ConfigError(f"--ms_amp_level {level!r}: expected one of {', '.join(AMP_LEVELS)}")
+    if dtype not in AMP_DTYPES:
+        raise ConfigError(f"--amp_dtype {dtype!r}: expected one of {', '.join(AMP_DTYPES)}")
+    if level == "O0":
+        return
+    if dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
+        raise ConfigError("--amp_dtype bfloat16: MindSpore has no bfloat16 kernels on CPU (use float16, or O0)")
+    for part in (model.model, model.conditioner):
+        part.to_float(AMP_DTYPES[dtype])
+        if level == "O2":
+            for _, cell in part.cells_and_names():
+                if isinstance(cell, (LayerNorm, GroupNorm)):
+                    cell.to_float(ms.float32)
+
+
+def build_model(config, weights=None, amp_level="O0", amp_dtype="float16"):
+    """DiffusionEngine from a config (path or loaded) and optional weights (path), all frozen,
+    with :func:`mixed_precision` ``amp_level`` in ``amp_dtype``."""
     if isinstance(config, str):
         config = load_config(config)
     if weights:
@@ -53,5 +83,6 @@ def build_model(config, weights=None):
         model = instantiate_from_config(config.model)
     for param in model.get_parameters():
         param.requires_grad = False
+    mixed_precision(model, amp_level, amp_dtype)
     model.set_train(False)
     return model

@@ -33,7 +33,8 @@ class DiffusionEngine(nn.Cell):
     def denoise(self, x, sigma, context, vector):
         """Denoised estimate of x0 from x at noise level sigma [B]."""
         c_skip, c_out, c_in, c_noise = self.denoiser(sigma)
-        return self.model(x * c_in, c_noise, context, vector) * c_out + x * c_skip
+        eps = self.model(x * c_in, c_noise, context, vector).astype(x.dtype)  # fp32 also under mixed precision
+        return eps * c_out + x * c_skip
 
     def encode_first_stage(self, x, noise=None):
         """Images in [-1, 1] -> scaled latents (the posterior mean, or a sample given ``noise``)."""

@@ -82,6 +82,8 @@ class Settings:
     guidance_scale: float = 5.0
     seed: int = 42
     resume: bool = False
+    amp_level: str = "O0"
+    amp_dtype: str = "float16"
 
 
 class VAEEncode(nn.Cell):
@@ -129,7 +131,7 @@ class Trainer:
         if not os.path.isfile(s.weight):
             raise UsageError(f"--weight {s.weight}: no such file (convert the official weights with "
                              "tools/convert_weight.py, or try --demo True)")
-        self.model = build_model(s.config, s.weight)
+        self.model = build_model(s.config, s.weight, s.amp_level, s.amp_dtype)
         widths = [e.embedding.weight.shape[1] for e in self.model.conditioner.text_embedders]
         for c in s.concepts:
             rows = self._initial_rows(c, widths)
@@ -272,7 +274,8 @@ class Trainer:
             f"gradient clipping   {s.max_grad_norm if s.clip_grad else 'off'}",
             f"resolution          {s.resolution}",
             f"MindSpore           {ms.__version__}, {ms.get_context('device_target')}, "
-            f"{'graph' if ms.get_context('mode') == 0 else 'PyNative'} mode",
+            f"{'graph' if ms.get_context('mode') == 0 else 'PyNative'} mode, "
+            + ("fp32" if s.amp_level == "O0" else f"mixed precision {s.amp_level} {s.amp_dtype} (VAE fp32)"),
             f"output              {s.save_path}" + (f" (resuming at step {self.start_step})" if self.start_step else ""),
         ]
         print("Key settings\n" + "\n".join("  " + line for line in lines), flush=True)
