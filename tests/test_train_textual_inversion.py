@@ -248,3 +248,17 @@ def test_mixed_precision_trains_like_fp32(weights, tmp_path):
         differ = np.abs(rows["O2"][key] - rows["O0"][key]).max() / np.abs(rows["O0"][key]).max()
         assert 0 < differ < 0.05, (key, differ)  # fp16 changes the numbers, a little
     assert os.path.isfile(os.path.join(runs["O2"][0], "samples", "step_2.png"))
+
+
+def test_demo_runs_on_built_in_defaults(tmp_path):
+    """The README's first command, --demo True, with the step count cut and the outputs moved to a
+    temporary folder: random tiny weights are written on first use, the built-in data is learned."""
+    weight, save = tmp_path / "tiny_random.safetensors", tmp_path / "demo"
+    result = train("--demo", "True", "--weight", str(weight), "--save_path", str(save), "--total_step", "2",
+                   "--infer_interval", "2", "--device_target", "CPU", cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"writing random weights for the demo to {weight}" in result.stdout and weight.is_file()
+    ti = read_ti(str(save / "weights" / "SD-XL-tiny_2_ti.ckpt"))
+    assert ti["placeholder_token"] == "<demo-toy>" and ti["clip_l"].shape == (2, 32)
+    assert (save / "samples" / "step_2.png").is_file() and len(losses(str(save))) == 2
+    assert "This was the demo on a tiny random model" in result.stdout
