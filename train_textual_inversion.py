@@ -13,7 +13,7 @@ import sys
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 
-from gm.cli import UsageError, run, str2bool  # noqa: E402
+from gm.cli import UsageError, add_device_args, run, str2bool  # noqa: E402
 
 DEMO = {
     "config": "configs/training/sd_xl_tiny_finetune_textual_inversion.yaml",
@@ -77,13 +77,7 @@ def parser():
     g.add_argument("--infer_interval", type=int, default=None, help="steps between samples (config: infer)")
     g.add_argument("--infer_prompt", default=None, help="prompt for those samples, with {} for the word")
     g = p.add_argument_group("device")
-    g.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the installed MindSpore's)")
-    g.add_argument("--ms_mode", type=int, default=0, choices=[0, 1], help="0 graph mode, 1 PyNative")
-    g.add_argument("--ms_amp_level", default="O0", choices=["O0", "O2", "O3"],
-                   help="mixed precision of the UNet and text encoders (VAE stays fp32): O0 fp32, O2 with "
-                        "norms in fp32, O3 all; for Ascend/GPU (fp16 on CPU is slow)")
-    g.add_argument("--amp_dtype", default="float16", choices=["float16", "bfloat16"],
-                   help="low-precision type of --ms_amp_level O2/O3 (bfloat16: Ascend 910B, GPU)")
+    add_device_args(g)
     g.add_argument("--is_parallel", type=str2bool, default=False,
                    help="data-parallel training over the processes started by mpirun -n N or msrun "
                         "--worker_num N (see README): data sharded by rank, gradients averaged, rank 0 writes")

@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from gm.cli import UsageError, run  # noqa: E402
+from gm.cli import UsageError, add_device_args, run  # noqa: E402
 
 SAMPLER_ALIASES = {"EulerEDMSampler": "euler", "EulerAncestralSampler": "euler_a", "DPMPP2MSampler": "dpmpp_2m"}
 SAMPLER_NAMES = ("euler", "euler_a", "dpmpp_2m")
@@ -67,13 +67,7 @@ def parser():
                    help="how much of the noise schedule to run over the image (0: keep it, 1: all)")
     g = p.add_argument_group("output and device")
     g.add_argument("--save_path", default="outputs/demo", help="folder for the PNGs and grids")
-    g.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the installed MindSpore's)")
-    g.add_argument("--ms_mode", type=int, default=0, choices=[0, 1], help="0 graph mode, 1 PyNative")
-    g.add_argument("--ms_amp_level", default="O0", choices=["O0", "O2", "O3"],
-                   help="mixed precision of the UNet and text encoders (VAE stays fp32): O0 fp32, O2 with "
-                        "norms in fp32, O3 all; for Ascend/GPU (fp16 on CPU is slow)")
-    g.add_argument("--amp_dtype", default="float16", choices=["float16", "bfloat16"],
-                   help="low-precision type of --ms_amp_level O2/O3 (bfloat16: Ascend 910B, GPU)")
+    add_device_args(g)
     return p
 
 

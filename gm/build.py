@@ -7,7 +7,7 @@ from mindspore import Tensor
 from mindspore.nn.utils import no_init_parameters
 from omegaconf import OmegaConf
 
-from gm.cli import ConfigError
+from gm.cli import AMP_DTYPES, AMP_LEVELS, ConfigError
 from gm.layout import check_layout, model_parameters
 from gm.modules.layers import GroupNorm, LayerNorm
 from gm.util import instantiate_from_config
@@ -43,10 +43,6 @@ def load_weights(model, path):
             param.set_data(Tensor(np.array(reader.get(name), dtype=np.float32)).astype(param.dtype))
 
 
-AMP_LEVELS = ("O0", "O2", "O3")
-AMP_DTYPES = {"float16": ms.float16, "bfloat16": ms.bfloat16}
-
-
 def mixed_precision(model, level, dtype="float16"):
     """Run the UNet and the conditioner in ``dtype``, the VAE in fp32 (``--ms_amp_level``).
 
@@ -63,7 +59,7 @@ def mixed_precision(model, level, dtype="float16"):
     if dtype == "bfloat16" and ms.get_context("device_target") == "CPU":
         raise ConfigError("--amp_dtype bfloat16: MindSpore has no bfloat16 kernels on CPU (use float16, or O0)")
     for part in (model.model, model.conditioner):
-        part.to_float(AMP_DTYPES[dtype])
+        part.to_float(getattr(ms, dtype))
         if level == "O2":
             for _, cell in part.cells_and_names():
                 if isinstance(cell, (LayerNorm, GroupNorm)):
