@@ -203,16 +203,16 @@ def _varint_list(buf, offset, length):
     return out
 
 
+READERS = {".safetensors": SafetensorsReader, ".ckpt": CkptReader}
+
+
 @contextmanager
 def open_weights(path):
-    """Open a ``.safetensors`` or ``.ckpt`` file by its extension; close it afterwards."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".safetensors":
-        reader = SafetensorsReader(path)
-    elif ext == ".ckpt":
-        reader = CkptReader(path)
-    else:
+    """Open a ``.safetensors`` or ``.ckpt`` file by its extension (:data:`READERS`); close it afterwards."""
+    reader_class = READERS.get(os.path.splitext(path)[1].lower())
+    if reader_class is None:
         raise WeightFileError(f"{path}: unknown weight file type (expected .safetensors or .ckpt)")
+    reader = reader_class(path)
     try:
         yield reader
     finally:

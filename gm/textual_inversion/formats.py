@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gm.weight_files import CkptReader, SafetensorsReader, WeightFileError, write_ckpt, write_safetensors
+from gm.weight_files import READERS, WeightFileError, open_weights, write_ckpt, write_safetensors
 
 ENCODER_KEYS = ("clip_l", "clip_g")
 SDXL_WIDTHS = (768, 1280)
@@ -168,15 +168,10 @@ def _refuse_pickle(path):
 
 def _read(path):
     """Stored float tensors (as float32), strings, integer scalars and safetensors metadata of one file."""
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".safetensors":
-        reader = SafetensorsReader(path)
-    elif ext == ".ckpt":
-        reader = CkptReader(path)
-    else:
+    if os.path.splitext(path)[1].lower() not in READERS:
         raise WeightFileError(f"{path}: not an embedding file (expected .safetensors, .ckpt or a diffusers folder)")
-    content = {"tensors": {}, "strings": {}, "ints": {}, "metadata": getattr(reader, "metadata", {})}
-    try:
+    with open_weights(path) as reader:
+        content = {"tensors": {}, "strings": {}, "ints": {}, "metadata": getattr(reader, "metadata", {})}
         floats = [k for k in reader.keys() if reader.dtype(k) in DTYPE_NAMES]
         content["too_large"] = sum(int(np.prod(reader.shape(k))) for k in floats) > MAX_VALUES
         for key in reader.keys():
@@ -186,8 +181,6 @@ def _read(path):
                 content["tensors"][key] = StoredTensor(key, path, DTYPE_NAMES[dtype], shape, value)
             elif not content["too_large"]:
                 _add_other(content, key, reader.get(key))
-    finally:
-        reader.close()
     return content
 
 
