@@ -13,8 +13,6 @@ The first run includes graph compilation (ours) or warm-up; the steady figure is
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,11 +21,9 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from side_by_side import peak_rss_gb, run_sides  # noqa: E402
+
 PROMPT = "a photo of an astronaut riding a horse on the moon"
-
-
-def peak_rss_gb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
 def time_runs(fn, repeat):
@@ -162,14 +158,7 @@ def main():
         if not os.path.isfile(args.weights):
             print(f"writing random weights to {args.weights}", flush=True)
             write_random_checkpoint(args.config, args.weights, seed=0, dtype=dtype)
-    results = {}
-    for which in ("ours", "diffusers"):
-        cmd = [sys.executable, __file__, "--which", which] + [f"--{k}={v}" for k, v in vars(args).items()
-                                                                if k != "which"]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"{which} failed:\n{out.stderr[-3000:]}")
-        results[which] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_sides(__file__, args)
     ours, ref = results["ours"], results["diffusers"]
     print(f"sampling at {os.path.basename(args.config)}, {args.size}x{args.size} px, {args.steps} Euler steps, "
           f"guidance 5, batch {args.batch}, {os.cpu_count()} threads, MindSpore mode {args.ms_mode}")

@@ -20,7 +20,7 @@ GFLOP/s our step reaches as a fraction of a 2048^3 fp32 matmul measured in the s
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from side_by_side import peak_rss_gb  # noqa: E402
+
 PRESETS = {"tiny": ("configs/inference/sd_xl_tiny.yaml", 64), "base": ("configs/inference/sd_xl_base.yaml", 256)}
 PROMPT = "a photo of a {}"
 TOKEN = "<bench-token>"
@@ -36,11 +38,6 @@ BOS, EOS = 49406, 49407
 PROMPT_IDS = (320, 1125, 539, 320)  # "a photo of a" in the CLIP vocabulary
 DDPM = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 MATMUL_N = 2048
-
-
-def peak_rss_gb():
-    """Peak resident memory of this process so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
 def status_gb(field):
@@ -61,12 +58,6 @@ def reset_peak():
         pass
 
 
-def median(values):
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
-
-
 def timed_steps(step, steps, build_seconds):
     """Seconds of the first call of ``step`` and median of ``steps`` further calls; memory: resident
     after the build, peak during the steps, peak of the whole process (GB)."""
@@ -80,7 +71,7 @@ def timed_steps(step, steps, build_seconds):
         start = time.perf_counter()
         step(i)
         times.append(time.perf_counter() - start)
-    steady = median(times)
+    steady = statistics.median(times)
     return {"build": build_seconds, "first": first, "step": steady, "rss_built_gb": rss_built,
             "peak_steps_gb": status_gb("VmHWM"), "peak_rss_gb": peak_rss_gb()}
 
@@ -239,7 +230,7 @@ def _rate(fn, repeat=5):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 2 * MATMUL_N ** 3 / median(times) / 1e9
+    return 2 * MATMUL_N ** 3 / statistics.median(times) / 1e9
 
 
 def run_diffusers(spec, steps, threads):

@@ -10,17 +10,13 @@ each side's peak resident memory are printed. Weights are random: speed does not
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def peak_rss_gb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+from side_by_side import peak_rss_gb, run_sides  # noqa: E402
 
 
 def inputs(params, size, batch, seed=0):
@@ -127,14 +123,7 @@ def main():
     args = parser.parse_args()
     if args.which != "both":
         return child(args)
-    results = {}
-    for which in ("ours", "diffusers"):
-        cmd = [sys.executable, __file__, "--which", which] + [f"--{k}={v}" for k, v in vars(args).items()
-                                                                if k != "which"]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"{which} failed:\n{out.stderr[-3000:]}")
-        results[which] = json.loads(out.stdout.strip().splitlines()[-1])
+    results = run_sides(__file__, args)
     ours, ref = results["ours"], results["diffusers"]
     print(f"UNet at {os.path.basename(args.config)}, {args.size}x{args.size} px, batch {args.batch}, "
           f"{os.cpu_count()} threads, MindSpore mode {args.ms_mode}")
