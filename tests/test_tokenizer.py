@@ -194,3 +194,16 @@ def test_speed():
     start = time.perf_counter()
     tok(prompts)
     assert time.perf_counter() - start < 1.0
+
+
+def test_save_hf_writes_the_files_transformers_reads(tmp_path):
+    """BPEVocab.save_hf (used by tools/check_mindone_interop.py) equals the independent reference above."""
+    from gm.modules.encoders.tokenizer import load_vocab
+    ref, ours = tmp_path / "ref", tmp_path / "ours"
+    ref.mkdir()
+    ours.mkdir()
+    write_hf_vocab(ref)
+    load_vocab().save_hf(str(ours))
+    assert json.loads((ours / "vocab.json").read_text(encoding="utf-8")) == \
+        json.loads((ref / "vocab.json").read_text(encoding="utf-8"))
+    assert (ours / "merges.txt").read_text(encoding="utf-8") == (ref / "merges.txt").read_text(encoding="utf-8")

@@ -11,8 +11,6 @@ load_textual_inversion (once per encoder) and compares encode_prompt with this t
 Every step prints OK or FAILED with the error; the exit status is 1 if any step failed.
 """
 import argparse
-import gzip
-import json
 import os
 import sys
 import tempfile
@@ -53,23 +51,6 @@ class Steps:
 def rel_err(ours, ref):
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
-def write_hf_vocab(directory):
-    """vocab.json / merges.txt for transformers.CLIPTokenizer from the toolkit's BPE merges file."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
-    from gm.modules.encoders.tokenizer import VOCAB_PATH
-
-    with gzip.open(VOCAB_PATH, "rt", encoding="utf-8") as f:
-        merges = f.read().split("\n")[1:49152 - 256 - 2 + 1]
-    chars = list(bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump({t: i for i, t in enumerate(vocab)}, f)
-    with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
 def make_files(work):
@@ -298,12 +279,14 @@ def main():
     steps = Steps()
     import mindone
 
+    from gm.modules.encoders.tokenizer import load_vocab
+
     print(f"mindone {mindone.__version__}, MindSpore {ms.__version__}, files in {work}", flush=True)
     files = steps.run("write tiny checkpoint, learned word and its a1111/diffusers/mindone exports", make_files, work)
     if files is None:
         sys.exit(1)
     steps.run("mindone _ti.ckpt export read with mindspore.load_checkpoint", mindone_ckpt, files)
-    steps.run("transformers CLIPTokenizer pair (vocab from the toolkit's BPE file)", write_hf_vocab, work)
+    steps.run("transformers CLIPTokenizer pair (vocab from the toolkit's BPE file)", load_vocab().save_hf, work)
     encoders = steps.run("mindone.transformers text encoders loaded via mindone.diffusers single-file converters",
                          mindone_text_encoders, files)
     for fmt in ("a1111", "diffusers"):

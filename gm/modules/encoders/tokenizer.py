@@ -7,6 +7,7 @@ text first (leftmost, longest first) and each piece between them is cleaned and 
 """
 import functools
 import gzip
+import json
 import os
 import re
 
@@ -90,6 +91,13 @@ class BPEVocab:
                     i += 1
             symbols = merged
         return symbols
+
+    def save_hf(self, directory):
+        """Write ``vocab.json`` and ``merges.txt``, the files transformers' (and mindone's) CLIPTokenizer read."""
+        with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(self.ids, f)
+        with open(os.path.join(directory, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "".join(" ".join(pair) + "\n" for pair in self.ranks))
 
     def decode(self, tokens):
         """Text of consecutive base-vocabulary tokens (``</w>`` becomes a space; result stripped)."""
