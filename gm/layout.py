@@ -1,8 +1,9 @@
 """The official SDXL single-file layout of a model config: every key, its shape and kind."""
+import numpy as np
 from mindspore.nn.utils import no_init_parameters
 
 from gm.util import instantiate_from_config
-from gm.weight_files import WeightFileError
+from gm.weight_files import WeightFileError, write_safetensors
 
 POSITION_IDS = "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"
 LOGIT_SCALE = "conditioner.embedders.1.model.logit_scale"
@@ -47,3 +48,27 @@ def check_layout(expected, found, path):
         k = wrong[0]
         parts.append(f"{len(wrong)} of another shape (e.g. {k}: file {list(found[k])}, model {list(expected[k])})")
     raise WeightFileError(f"{path}: does not fit the model config: " + "; ".join(parts))
+
+
+def buffer_value(name, shape):
+    """Values of the official file's non-weight buffers (position ids, CLIP's logit scale)."""
+    if name.endswith("position_ids"):
+        return np.arange(shape[-1], dtype=np.int64).reshape(shape)
+    return np.asarray(np.log(1 / 0.07), np.float32)
+
+
+def write_official(config, out, weight_of, dtype=np.float32, metadata=None):
+    """Write a ``.safetensors`` file in the official layout of ``config``: each weight from
+    ``weight_of(key, shape)`` stored as ``dtype``, the buffers as the reference code has them.
+
+    Tensors are produced and written one at a time; returns the number of keys.
+    """
+    entries = []
+    for name, (shape, kind) in official_layout(config).items():
+        if kind == "weight":
+            entries.append((name, shape, dtype, lambda n=name, s=shape: weight_of(n, s)))
+        else:
+            value = buffer_value(name, shape)
+            entries.append((name, shape, value.dtype, lambda v=value: v))
+    write_safetensors(out, entries, metadata=metadata)
+    return len(entries)

@@ -8,8 +8,7 @@ import zlib
 import numpy as np
 from mindspore import Tensor
 
-from gm.layout import official_layout
-from gm.weight_files import write_safetensors
+from gm.layout import write_official
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 
@@ -38,24 +37,10 @@ def randomize_cell(cell, seed=0, prefix=""):
     return weights
 
 
-def buffer_value(name, shape):
-    """Values of the official file's non-weight buffers (position ids, CLIP's logit scale)."""
-    if name.endswith("position_ids"):
-        return np.arange(shape[-1], dtype=np.int64).reshape(shape)
-    return np.asarray(np.log(1 / 0.07), np.float32)
-
-
 def write_random_checkpoint(config, out, seed=0, dtype="fp32"):
     """Random weights for ``config`` written to ``out`` (.safetensors) in the official layout.
 
     Tensors are generated and written one at a time; returns the number of keys.
     """
-    entries = []
-    for name, (shape, kind) in official_layout(config).items():
-        if kind == "weight":
-            entries.append((name, shape, DTYPES[dtype], lambda n=name, s=shape: random_tensor(n, s, seed)))
-        else:
-            value = buffer_value(name, shape)
-            entries.append((name, shape, value.dtype, lambda v=value: v))
-    write_safetensors(out, entries, metadata={"format": "pt", "source": "random", "seed": seed})
-    return len(entries)
+    return write_official(config, out, lambda name, shape: random_tensor(name, shape, seed), DTYPES[dtype],
+                          metadata={"format": "pt", "source": "random", "seed": seed})
