@@ -1,0 +1,192 @@
+"""The concept meter: reads a picture of the toy world and says what it shows, with a confidence.
+
+Analysis by synthesis with the world's own renderer, no learned weights:
+
+- background: the colour of the picture's border, if most of the border has one colour;
+- objects: connected regions that differ from the background;
+- colour: the palette colour whose plain or pattern shade explains most of a region's pixels;
+- pattern: how a region's pattern-shade pixels correlate with each canvas-anchored pattern (any phase);
+- shape: the rendered shape, at every allowed angle, scaled to the region's area and placed on its
+  centroid, that overlaps the region best (intersection over union).
+
+Each attribute the meter cannot read with confidence is None, so pictures that are not of this world
+(noise, say) show nothing.
+"""
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from gm.toyworld.world import BACKGROUNDS, COLOURS, MAX_ANGLE, PATTERNS, SHAPES, pattern_mask, shape_mask, tint
+
+BORDER = 3                 # pixels of the frame read as background (at 64 px; scales with the side)
+BACKGROUND_SHARE = 0.7     # share of the frame within COLOUR_TOLERANCE of its median colour
+COLOUR_TOLERANCE = 55.0    # RGB distance to accept a palette colour
+FOREGROUND_DISTANCE = 50.0  # RGB distance from the background that makes a pixel foreground
+MIN_AREA = 0.006           # smallest object, as a share of the picture
+MIN_BASE_SHARE = 0.25      # a colour needs this share of a region in its plain shade
+PLAIN_SHARE = 0.08         # below this share of pattern-shade pixels a region is plain
+MIN_PATTERN_CORRELATION = 0.3
+MIN_SHAPE_IOU = 0.6
+ANGLES = np.arange(-MAX_ANGLE - 5, MAX_ANGLE + 5.1, 5.0)
+
+
+@dataclass
+class ObjectReading:
+    """One region: each attribute (None if unreadable) with its score in [0, 1]."""
+
+    shape: str
+    colour: str
+    pattern: str
+    shape_score: float
+    colour_score: float
+    pattern_score: float
+    area: int
+
+    @property
+    def confidence(self):
+        """The weakest attribute's score."""
+        return min(self.shape_score, self.colour_score, self.pattern_score)
+
+
+@dataclass
+class Reading:
+    """What a picture shows: its background colour and objects (largest first)."""
+
+    background: str
+    background_score: float
+    objects: list = field(default_factory=list)
+
+    def shows(self, shape=None, colour=None, pattern=None, background=None):
+        """True if the background is ``background`` (when given) and some object has every given attribute."""
+        if background is not None and self.background != background:
+            return False
+        wanted = {"shape": shape, "colour": colour, "pattern": pattern}
+        wanted = {k: v for k, v in wanted.items() if v is not None}
+        if not wanted:
+            return True
+        return any(all(getattr(o, k) == v for k, v in wanted.items()) for o in self.objects)
+
+    def describe(self):
+        """A caption-like summary, ``?`` for what could not be read."""
+        things = [" ".join(x for x in ((o.pattern if o.pattern != "plain" else ""), o.colour or "?", o.shape or "?") if x)
+                  for o in self.objects]
+        return f"{' and '.join(things) or 'nothing'} on {self.background or '?'}"
+
+
+def _distances(pixels, palette):
+    """[N, K] RGB distances of pixels [N, 3] to palette colours [K, 3]."""
+    return np.linalg.norm(pixels[:, None, :] - palette[None, :, :], axis=-1)
+
+
+def read_background(image):
+    """(name or None, share of the frame near its median colour, median colour)."""
+    size = image.shape[0]
+    border = max(1, round(BORDER * size / 64))
+    frame = np.concatenate([image[:border].reshape(-1, 3), image[-border:].reshape(-1, 3),
+                            image[:, :border].reshape(-1, 3), image[:, -border:].reshape(-1, 3)])
+    median = np.median(frame, axis=0)
+    share = float(np.mean(np.linalg.norm(frame - median, axis=1) < COLOUR_TOLERANCE))
+    names = list(BACKGROUNDS)
+    distance = _distances(median[None], np.asarray([BACKGROUNDS[n] for n in names], np.float32))[0]
+    best = int(distance.argmin())
+    name = names[best] if share >= BACKGROUND_SHARE and distance[best] < COLOUR_TOLERANCE else None
+    return name, share, median
+
+
+def read_colour(pixels):
+    """(colour name or None, share of pixels in its plain or pattern shade, is-pattern-shade [N] bool)."""
+    names = list(COLOURS)
+    base = _distances(pixels, np.asarray([COLOURS[n] for n in names], np.float32))
+    shade = _distances(pixels, np.asarray([tint(n) for n in names], np.float32))
+    in_base, in_shade = base < COLOUR_TOLERANCE, shade < COLOUR_TOLERANCE
+    explained = np.where(in_base.mean(0) >= MIN_BASE_SHARE, (in_base | in_shade).mean(0), 0.0)
+    best = int(explained.argmax())
+    if explained[best] < 0.5:
+        return None, float(explained[best]), np.zeros(len(pixels), bool)
+    return names[best], float(explained[best]), shade[:, best] < base[:, best]
+
+
+def read_pattern(is_shade, region):
+    """(pattern or None, score): plain when few pixels are in the pattern shade, else the pattern whose
+    canvas-anchored layout (at its best phase) correlates most with the shade pixels."""
+    share = float(is_shade.mean())
+    if share < PLAIN_SHARE:
+        return "plain", 1.0 - share / PLAIN_SHARE
+    size = region.shape[0]
+    period = max(1, size // 8)
+    observed = is_shade.astype(np.float32) - share
+    best, best_score = None, -1.0
+    for pattern in PATTERNS[1:]:
+        layout = pattern_mask(pattern, size)
+        for dy in range(period):
+            for dx in range(period):
+                values = np.roll(layout, (dy, dx), axis=(0, 1))[region]
+                values = values - values.mean()
+                norm = np.linalg.norm(values) * np.linalg.norm(observed)
+                score = float(values @ observed / norm) if norm > 0 else 0.0
+                if score > best_score:
+                    best, best_score = pattern, score
+    return (best if best_score >= MIN_PATTERN_CORRELATION else None), max(best_score, 0.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _unit_shape(shape, angle, size):
+    """(area at radius 1 in px^2, centroid offset (dx, dy) at radius 1) of a shape, measured large."""
+    reference = size * 0.4
+    mask = shape_mask(shape, size / 2, size / 2, reference, angle, size)
+    ys, xs = np.mgrid[0:size, 0:size] + 0.5
+    area = mask.sum()
+    offset = ((xs * mask).sum() / area - size / 2, (ys * mask).sum() / area - size / 2)
+    return area / reference ** 2, offset[0] / reference, offset[1] / reference
+
+
+def read_shape(region):
+    """(shape or None, intersection over union of the best-fitting rendered shape)."""
+    size = region.shape[0]
+    area = region.sum()
+    ys, xs = np.nonzero(region)
+    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    best, best_iou = None, 0.0
+    for shape in SHAPES:
+        for angle in ((0.0,) if shape in ("circle", "ring") else ANGLES):
+            unit_area, ox, oy = _unit_shape(shape, float(angle), 256)
+            radius = np.sqrt(area / unit_area)
+            template = shape_mask(shape, cx - ox * radius, cy - oy * radius, radius, float(angle), size) > 0.5
+            iou = (template & region).sum() / max((template | region).sum(), 1)
+            if iou > best_iou:
+                best, best_iou = shape, float(iou)
+    return (best if best_iou >= MIN_SHAPE_IOU else None), best_iou
+
+
+def read(image):
+    """A :class:`Reading` of one picture, uint8 or float [S, S, 3] in 0..255."""
+    image = np.asarray(image, np.float32)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"expected a square RGB picture [S, S, 3], got shape {list(image.shape)}")
+    background, share, median = read_background(image)
+    reading = Reading(background, share)
+    if share < BACKGROUND_SHARE:
+        return reading
+    foreground = np.linalg.norm(image - median, axis=-1) > FOREGROUND_DISTANCE
+    labels, count = ndimage.label(foreground)
+    if not count:
+        return reading
+    areas = ndimage.sum(foreground, labels, index=np.arange(1, count + 1))
+    min_area = MIN_AREA * image.shape[0] * image.shape[1]
+    for label in np.argsort(-areas)[:3] + 1:
+        if areas[label - 1] < min_area:
+            break
+        region = labels == label
+        inner = ndimage.binary_erosion(region)
+        inner = inner if inner.sum() >= min_area else region
+        colour, colour_score, is_shade = read_colour(image[inner])
+        if colour is None:
+            pattern, pattern_score = None, 0.0
+        else:
+            pattern, pattern_score = read_pattern(is_shade, inner)
+        shape, shape_score = read_shape(region)
+        reading.objects.append(ObjectReading(shape, colour, pattern, shape_score, colour_score, pattern_score,
+                                             int(region.sum())))
+    return reading
