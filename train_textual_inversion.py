@@ -35,8 +35,9 @@ def parser():
     g.add_argument("--weight", default="checkpoints/sd_xl_base_1.0_ms.ckpt",
                    help="SDXL weights: a .ckpt from tools/convert_weight.py or the official .safetensors")
     g.add_argument("--demo", type=str2bool, default=False,
-                   help="run the built-in demo: tiny SDXL-shaped model with random weights (written on first "
-                        "use), datasets/demo_toy, output in runs/demo; other flags still override")
+                   help="run the built-in demo: tiny SDXL-shaped model with random weights (its default weight "
+                        "file is written on first use), datasets/demo_toy, output in runs/demo; other flags "
+                        "still override")
     g = p.add_argument_group("concept")
     g.add_argument("--data_path", default=None, help="folder of 3-20 images (jpg/png/webp), optional .txt captions")
     g.add_argument("--placeholder_token", default="<cat-toy>", help="the new word, written in prompts")
@@ -69,9 +70,14 @@ def parser():
     g.add_argument("--resume", type=str2bool, default=False,
                    help="continue from --save_path/train_state.ckpt (vectors, optimiser, step, data order)")
     g = p.add_argument_group("outputs")
-    g.add_argument("--save_path", default="runs/textual_inversion", help="output folder")
+    g.add_argument("--save_path", default="runs/textual_inversion",
+                   help="output folder; one that holds an earlier run is refused unless --resume or --overwrite")
+    g.add_argument("--overwrite", type=str2bool, default=False,
+                   help="replace the earlier run in --save_path: its _ti.ckpt files, train_state.ckpt, loss log "
+                        "and samples are deleted once this run has been checked and starts writing")
     g.add_argument("--save_ckpt_interval", type=int, default=None, help="save the _ti.ckpt every N steps (config)")
-    g.add_argument("--max_num_ckpt", type=int, default=None, help="keep at most N _ti.ckpt files (config)")
+    g.add_argument("--max_num_ckpt", type=int, default=None,
+                   help="keep at most N >= 1 _ti.ckpt files (config; a config without max_num_ckpt keeps all)")
     g.add_argument("--infer_during_train", type=str2bool, default=False,
                    help="sample images for a fixed prompt and seed every --infer_interval steps")
     g.add_argument("--infer_interval", type=int, default=None, help="steps between samples (config: infer)")
@@ -97,7 +103,7 @@ def concepts_from_file(path):
         raise UsageError(f"--concepts {path}: not a readable YAML file ({type(e).__name__})") from None
     if not isinstance(entries, list) or not entries:
         raise UsageError(f"--concepts {path}: expected a non-empty list under 'concepts:'")
-    fields = set(Concept.__dataclass_fields__)
+    fields = set(Concept.__dataclass_fields__) - {"source"}
     concepts = []
     for i, entry in enumerate(entries):
         unknown = set(entry) - fields if isinstance(entry, dict) else {"(not a mapping)"}
@@ -106,23 +112,20 @@ def concepts_from_file(path):
             raise UsageError(f"--concepts {path}: concept {i + 1}: "
                              + (f"unknown keys {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"))
         for key in ("data_path", "initializer_file", "template_file"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise UsageError(f"--concepts {path}: concept {i + 1}: {key} {entry[key]!r}: expected a path")
             if entry.get(key):
                 entry[key] = os.path.join(os.path.dirname(os.path.abspath(path)), entry[key])
-        concepts.append(Concept(**entry))
+        concepts.append(Concept(**entry, source=f"--concepts {path}: concept {i + 1}"))
     return concepts
 
 
 def settings(args):
     """Flags merged over the training config."""
     from gm.build import load_config
-    from gm.textual_inversion.trainer import Concept, Settings
+    from gm.textual_inversion.trainer import OPTIONS, Concept, Settings
 
     config = load_config(args.config)
-    optim, train, infer = (config.get(k) or {} for k in ("optim", "train", "infer"))
-
-    def pick(flag, section, key, fallback):
-        return flag if flag is not None else section.get(key, fallback)
-
     if args.concepts:
         concepts = concepts_from_file(args.concepts)
     elif args.data_path:
@@ -130,38 +133,30 @@ def settings(args):
                             args.initializer_token, args.initializer_file, args.template_file)]
     else:
         concepts = []
+    values, from_config = {}, set()
+    for key, (flag, config_key, _) in OPTIONS.items():
+        value = getattr(args, flag[2:]) if flag else None
+        if value is None and config_key:
+            section, name = config_key.split(".")
+            value = (config.get(section) or {}).get(name)
+            if value is not None:
+                from_config.add(key)
+        if value is not None:
+            values[key] = value
+    default_weight = os.path.realpath(os.path.join(ROOT, DEMO["weight"]))
     return Settings(
         config=config, config_path=args.config, weight=args.weight, save_path=args.save_path, concepts=concepts,
-        batch_size=pick(args.train_batch_size, train, "batch_size", 1),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        total_step=pick(args.total_step, train, "total_step", 2000),
-        learning_rate=pick(args.learning_rate, optim, "learning_rate", 5e-3),
-        lr_scheduler=pick(args.lr_scheduler, optim, "lr_scheduler", "constant"),
-        lr_warmup_steps=pick(args.lr_warmup_steps, optim, "lr_warmup_steps", 0),
-        weight_decay=optim.get("weight_decay", 0.0), betas=tuple(optim.get("betas", (0.9, 0.999))),
-        eps=optim.get("eps", 1e-8), clip_grad=args.clip_grad, max_grad_norm=args.max_grad_norm,
-        resolution=pick(args.resolution, train, "resolution", 1024),
-        center_crop=pick(args.center_crop, train, "center_crop", True),
-        flip_p=pick(args.flip_p, train, "flip_p", 0.5), repeats=pick(args.repeats, train, "repeats", 100),
-        save_ckpt_interval=pick(args.save_ckpt_interval, train, "save_ckpt_interval", 500),
-        max_num_ckpt=pick(args.max_num_ckpt, train, "max_num_ckpt", None),
-        infer_during_train=args.infer_during_train,
-        infer_interval=pick(args.infer_interval, infer, "interval", 500), infer_prompt=args.infer_prompt,
-        infer_images=infer.get("num_images", 2), infer_steps=infer.get("sample_steps", 40),
-        guidance_scale=infer.get("guidance_scale", 5.0), seed=args.seed, resume=args.resume,
-        amp_level=args.ms_amp_level, amp_dtype=args.amp_dtype)
+        concepts_path=args.concepts,
+        infer_during_train=args.infer_during_train, infer_prompt=args.infer_prompt, resume=args.resume,
+        overwrite=args.overwrite, random_weights=args.demo and os.path.realpath(args.weight) == default_weight,
+        amp_level=args.ms_amp_level, amp_dtype=args.amp_dtype, from_config=from_config, **values)
 
 
 def apply_demo(args, given):
-    """--demo: the built-in defaults for every flag the user did not give; random tiny weights."""
-    from gm.random_weights import write_random_checkpoint
-
+    """--demo: the built-in defaults for every flag the user did not give."""
     for key, value in DEMO.items():
         if key not in given:
             setattr(args, key, os.path.join(ROOT, value) if key in ("config", "weight", "data_path") else value)
-    if not os.path.isfile(args.weight):
-        print(f"writing random weights for the demo to {args.weight}", flush=True)
-        write_random_checkpoint(args.config, args.weight)
 
 
 def given_flags(argv):
@@ -171,19 +166,15 @@ def given_flags(argv):
     return {k for k, v in vars(explicit.parse_args(argv)).items() if v is not None}
 
 
-def main():
-    p = parser()
-    args = p.parse_args()
-    import mindspore as ms
-
-    ms.set_context(mode=args.ms_mode)
-    if args.device_target:
-        ms.set_device(args.device_target)
+def main(argv=None):
+    args = parser().parse_args(argv)
+    from gm.inference import init_mindspore
     from gm.parallel import init_parallel
 
+    init_mindspore(args.device_target, args.ms_mode)
     parallel = init_parallel(args.is_parallel)
     if args.demo:
-        apply_demo(args, given_flags(sys.argv[1:]))
+        apply_demo(args, given_flags(sys.argv[1:] if argv is None else argv))
     from gm.textual_inversion.trainer import Trainer
 
     trainer = Trainer(settings(args), parallel=parallel)

@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from gm.cli import UsageError, add_device_args, run  # noqa: E402
+from gm.cli import UsageError, add_device_args, check_outputs, run  # noqa: E402
 
 SAMPLER_ALIASES = {"EulerEDMSampler": "euler", "EulerAncestralSampler": "euler_a", "DPMPP2MSampler": "dpmpp_2m"}
 SAMPLER_NAMES = ("euler", "euler_a", "dpmpp_2m")
@@ -87,6 +87,10 @@ def check_args(args):
     if not os.path.isfile(args.weight):
         raise UsageError(f"--weight {args.weight}: no such file (convert the official weights with "
                          "tools/convert_weight.py)")
+    inputs = [("--weight", args.weight), ("--config", args.config), ("--img", args.img)]
+    inputs += [("--textual_inversion_weight", path) for path in args.textual_inversion_weight]
+    inputs += [("--prompt", args.prompt)] if os.path.isfile(args.prompt) else []
+    check_outputs([("--save_path", args.save_path)], inputs, kind="new_files")
     if args.task == "img2img":
         if not args.img:
             raise UsageError("--img: required with --task img2img (the image to start from)")
@@ -152,9 +156,10 @@ def image_size(args, config, image, multiple):
 
 
 def next_index(folder):
-    """One past the highest ``NNNNN.png`` number in ``folder`` (0 if none): earlier images are kept."""
+    """One past the highest ``NNNNN.png`` or ``grid_NNNNN.png`` number in ``folder`` (0 if none):
+    earlier images and grids are kept."""
     numbers = [int(m.group(1)) for f in glob.glob(os.path.join(folder, "*.png"))
-               if (m := re.fullmatch(r"(\d{5})\.png", os.path.basename(f)))]
+               if (m := re.fullmatch(r"(?:grid_)?(\d{5})\.png", os.path.basename(f)))]
     return max(numbers, default=-1) + 1
 
 

@@ -1,5 +1,8 @@
-"""Shared command-line plumbing: one-line errors, True/False flags and the device flags."""
+"""Shared command-line plumbing: one-line errors, value and output checks, True/False flags, device flags."""
 import argparse
+import math
+import numbers
+import os
 import sys
 
 
@@ -19,6 +22,57 @@ def str2bool(value):
     if text in ("false", "no", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def _integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# What a valid value is, for check_value: (description, test).
+RULES = {
+    "count": ("an integer of at least 1", lambda v: _integer(v) and v >= 1),
+    "natural": ("an integer of at least 0", lambda v: _integer(v) and v >= 0),
+    "multiple_of_8": ("a positive multiple of 8", lambda v: _integer(v) and v > 0 and v % 8 == 0),
+    "positive": ("a finite number above 0", lambda v: _real(v) and v > 0),
+    "non_negative": ("a finite number of at least 0", lambda v: _real(v) and v >= 0),
+    "probability": ("a probability in [0, 1]", lambda v: _real(v) and 0 <= v <= 1),
+    "finite": ("a finite number", _real),
+}
+
+
+def check_value(name, value, rule):
+    """UsageError ``"{name} {value}: expected ..."`` unless ``value`` satisfies ``RULES[rule]``."""
+    what, test = RULES[rule]
+    if not test(value):
+        shown = value if isinstance(value, numbers.Number) else repr(value)
+        raise UsageError(f"{name} {shown}: expected {what}")
+
+
+def check_outputs(outputs, inputs, kind="file"):
+    """Refuse, before anything is written, outputs that would overwrite or delete an input.
+
+    ``outputs`` and ``inputs`` are (flag, path) pairs (None paths are skipped), compared resolved
+    (links, ``..``). ``kind`` says what the outputs are: ``"file"`` (written whole; an existing
+    folder there is refused), ``"folder"`` (a folder whose files the tool writes and deletes: no
+    input may lie inside it) or ``"new_files"`` (a folder that only receives new files).
+    """
+    for out_flag, out in outputs:
+        if kind == "file" and os.path.isdir(out):
+            raise UsageError(f"{out_flag} {out}: is a folder (expected a file name)")
+        target = os.path.realpath(out)
+        for in_flag, path in inputs:
+            if path is None:
+                continue
+            source = os.path.realpath(path)
+            if source == target or (os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path)):
+                raise UsageError(f"{out_flag} {out}: is also {in_flag}; choose an output that is not an input")
+            if kind == "folder" and source.startswith(target.rstrip(os.sep) + os.sep):
+                raise UsageError(f"{out_flag} {out}: holds {in_flag} {path}; choose an output folder "
+                                 "outside the inputs")
 
 
 AMP_LEVELS = ("O0", "O2", "O3")

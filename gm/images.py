@@ -27,15 +27,18 @@ def make_grid(images, cols):
 
 
 def loss_curve(steps, losses, width=640, height=360, title="training loss"):
-    """A line chart of loss against step (raw values and a moving average), as a PIL image."""
+    """A line chart of loss against step (raw values and a moving average), as a PIL image;
+    non-finite values are left out."""
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     left, right, top, bottom = 60, width - 20, 30, height - 40
     draw.rectangle([left, top, right, bottom], outline="black")
     draw.text((left, 8), title, fill="black")
+    steps, losses = np.asarray(steps, np.float64), np.asarray(losses, np.float64)
+    finite = np.isfinite(steps) & np.isfinite(losses)
+    steps, losses = steps[finite], losses[finite]
     if len(steps) < 1:
         return image
-    steps, losses = np.asarray(steps, np.float64), np.asarray(losses, np.float64)
     lo, hi = float(losses.min()), float(losses.max())
     hi = hi if hi > lo else lo + 1.0
     s0, s1 = float(steps.min()), float(steps.max())

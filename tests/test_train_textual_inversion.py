@@ -250,15 +250,204 @@ def test_mixed_precision_trains_like_fp32(weights, tmp_path):
     assert os.path.isfile(os.path.join(runs["O2"][0], "samples", "step_2.png"))
 
 
-def test_demo_runs_on_built_in_defaults(tmp_path):
-    """The README's first command, --demo True, with the step count cut and the outputs moved to a
-    temporary folder: random tiny weights are written on first use, the built-in data is learned."""
-    weight, save = tmp_path / "tiny_random.safetensors", tmp_path / "demo"
-    result = train("--demo", "True", "--weight", str(weight), "--save_path", str(save), "--total_step", "2",
-                   "--infer_interval", "2", "--device_target", "CPU", cwd=str(tmp_path))
+@pytest.fixture
+def keep_mode():
+    import mindspore as ms
+    mode = ms.get_context("mode")
+    yield
+    ms.set_context(mode=mode)
+
+
+def train_here(capsys, *args):
+    """The trainer's command line run in this process, as ``gm.cli.run`` runs it: (exit code, stdout, stderr)."""
+    from gm.cli import run
+    from train_textual_inversion import main
+
+    try:
+        run(lambda: main(list(args)))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err):
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0]
+
+
+def snapshot(folder):
+    """{relative path: bytes} of every file under ``folder``."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def quick(weights, save, *args):
+    """A short PyNative run on the demo images: batch 1, files saved every step. No --device_target:
+    in a process that has already run kernels (in-process tests) MindSpore refuses to set it again."""
+    return ["--config", TINY_TRAIN, "--weight", weights, "--data_path", DEMO_TOY, "--save_path", save, "--ms_mode",
+            "1", "--train_batch_size", "1", "--save_ckpt_interval", "1", *args]
+
+
+@pytest.fixture(scope="module")
+def finished_run(weights, tmp_path_factory):
+    """A run of 2 steps (a _ti.ckpt at steps 1 and 2, the state at step 2); tests work on copies."""
+    save = str(tmp_path_factory.mktemp("finished") / "run")
+    result = train(*quick(weights, save, "--total_step", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"writing random weights for the demo to {weight}" in result.stdout and weight.is_file()
+    return save
+
+
+def copy_of(run, tmp_path):
+    save = str(tmp_path / "run")
+    shutil.copytree(run, save)
+    return save
+
+
+def test_demo_runs_on_built_in_defaults(tmp_path, monkeypatch, capsys, keep_mode):
+    """The README's first command, --demo True, with the step count cut and the outputs (and the
+    demo's default weight file) moved to a temporary folder: random tiny weights are written on
+    first use, the built-in data is learned."""
+    import train_textual_inversion
+
+    weight, save = tmp_path / "tiny_random.safetensors", tmp_path / "demo"
+    monkeypatch.setitem(train_textual_inversion.DEMO, "weight", str(weight))
+    monkeypatch.chdir(tmp_path)
+    code, out, err = train_here(capsys, "--demo", "True", "--save_path", str(save), "--total_step", "2",
+                                "--infer_interval", "2")
+    assert code == 0, err[-3000:]
+    assert f"writing random weights for the demo to {weight}" in out and weight.is_file()
     ti = read_ti(str(save / "weights" / "SD-XL-tiny_2_ti.ckpt"))
     assert ti["placeholder_token"] == "<demo-toy>" and ti["clip_l"].shape == (2, 32)
     assert (save / "samples" / "step_2.png").is_file() and len(losses(str(save))) == 2
-    assert "This was the demo on a tiny random model" in result.stdout
+    assert "This was the demo on a tiny random model" in out
+
+
+def test_demo_writes_no_weights_for_a_missing_user_file(tmp_path, capsys, keep_mode):
+    """--demo writes random weights only to its own default file: a --weight that does not exist is an error."""
+    missing = tmp_path / "missing.ckpt"
+    code, _, err = train_here(capsys, "--demo", "True", "--weight", str(missing), "--save_path",
+                              str(tmp_path / "demo"), "--ms_mode", "1")
+    assert code == 1 and "--weight" in error_line(err) and str(missing) in error_line(err)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_used_save_path_is_refused_unless_overwritten(weights, finished_run, tmp_path, capsys, keep_mode):
+    """A new run never replaces an earlier run's files unasked; --overwrite True removes them only once
+    the new run has been checked, and only the run's own files."""
+    save = copy_of(finished_run, tmp_path)
+    before = snapshot(save)
+    args = quick(weights, save, "--total_step", "1")
+    code, _, err = train_here(capsys, *args)
+    assert code == 1 and save in error_line(err) and "--resume True" in error_line(err)
+    assert snapshot(save) == before
+    code, _, err = train_here(capsys, *args, "--overwrite", "True", "--resolution", "12")
+    assert code == 1 and "--resolution 12" in error_line(err)
+    assert snapshot(save) == before
+    with open(os.path.join(save, "notes.txt"), "w") as f:
+        f.write("mine")
+    code, out, err = train_here(capsys, *args, "--overwrite", "True")
+    assert code == 0, err[-3000:]
+    assert sorted(snapshot(save)) == ["loss.csv", "loss.png", "notes.txt", "train_state.ckpt",
+                                      os.path.join("weights", "SD-XL-tiny_1_ti.ckpt")]
+    assert len(losses(save)) == 1 and f"learned vectors: {os.path.join(save, 'weights', 'SD-XL-tiny_1_ti.ckpt')}" in out
+
+
+@pytest.mark.parametrize("case", ["max_num_ckpt", "max_num_ckpt_negative", "infer_interval", "learning_rate",
+                                  "learning_rate_nan", "max_grad_norm", "lr_warmup_steps", "flip_p", "repeats",
+                                  "total_step", "train_batch_size", "gradient_accumulation_steps",
+                                  "save_ckpt_interval", "infer_prompt", "config_key", "concepts_key"])
+def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weights, tmp_path, capsys, keep_mode):
+    """Every count, interval and rate is checked before the model is built; the error names the flag,
+    or the config file or --concepts file and key the value came from."""
+    extra, expected = {
+        "max_num_ckpt": (["--max_num_ckpt", "0"], "--max_num_ckpt 0"),
+        "max_num_ckpt_negative": (["--max_num_ckpt", "-1"], "--max_num_ckpt -1"),
+        "infer_interval": (["--infer_during_train", "True", "--infer_interval", "0"], "--infer_interval 0"),
+        "learning_rate": (["--learning_rate", "-1"], "--learning_rate -1"),
+        "learning_rate_nan": (["--learning_rate", "nan"], "--learning_rate nan"),
+        "max_grad_norm": (["--max_grad_norm", "0"], "--max_grad_norm 0"),
+        "lr_warmup_steps": (["--lr_warmup_steps", "-1"], "--lr_warmup_steps -1"),
+        "flip_p": (["--flip_p", "1.5"], "--flip_p 1.5"),
+        "repeats": (["--repeats", "0"], "--repeats 0"),
+        "total_step": (["--total_step", "0"], "--total_step 0"),
+        "train_batch_size": (["--train_batch_size", "0"], "--train_batch_size 0"),
+        "gradient_accumulation_steps": (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps 0"),
+        "save_ckpt_interval": (["--save_ckpt_interval", "0"], "--save_ckpt_interval 0"),
+        "infer_prompt": (["--infer_prompt", "a photo of {word}"], "--infer_prompt"),
+        "config_key": (["--config", str(tmp_path / "bad.yaml")], f"{tmp_path / 'bad.yaml'}: train.max_num_ckpt 0"),
+        "concepts_key": (["--concepts", str(tmp_path / "concepts.yaml")],
+                         f"--concepts {tmp_path / 'concepts.yaml'}: concept 2: num_vectors 0"),
+    }[case]
+    (tmp_path / "bad.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  max_num_ckpt: 0\n")
+    (tmp_path / "concepts.yaml").write_text(
+        f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}}}\n"
+        f"  - {{placeholder_token: '<b>', data_path: {DEMO_TOY}, num_vectors: 0}}\n")
+    save = tmp_path / "run"
+    code, _, err = train_here(capsys, *quick(weights, str(save), "--total_step", "1", *extra))
+    assert code == 1 and expected in error_line(err), err[-2000:]
+    assert not save.exists()
+
+
+@pytest.mark.parametrize("case", ["weight_inside", "data_path"])
+def test_save_path_never_holds_an_input(case, weights, tmp_path, capsys, keep_mode):
+    """--save_path may not be, or contain, a file or folder the run reads."""
+    save, flag = (os.path.dirname(weights), "--weight") if case == "weight_inside" else (DEMO_TOY, "--data_path")
+    before = snapshot(save)
+    code, _, err = train_here(capsys, *quick(weights, save, "--total_step", "1"))
+    assert code == 1 and f"--save_path {save}" in error_line(err) and flag in error_line(err)
+    assert snapshot(save) == before
+
+
+@pytest.mark.parametrize("interval,stop,what", [("1", 3, "the learned vectors are not finite"),
+                                                ("100", 4, "the loss is ")], ids=["vectors", "loss"])
+def test_a_diverging_run_stops_and_keeps_its_last_good_files(interval, stop, what, weights, finished_run,
+                                                              tmp_path, capsys, keep_mode):
+    """A learning rate of 1e38 sends the vectors to infinity at step 3: the check of the vectors before a
+    save, or of the next loss, stops the run with one error naming the step; the files of step 2 stay."""
+    from gm.images import loss_curve
+
+    save = copy_of(finished_run, tmp_path)
+    before = snapshot(save)
+    code, _, err = train_here(capsys, *quick(weights, save, "--resume", "True", "--total_step", str(stop),
+                                             "--learning_rate", "1e38", "--save_ckpt_interval", interval))
+    assert code == 1 and error_line(err).startswith(f"error: step {stop}: {what}"), err[-2000:]
+    after = snapshot(save)
+    kept = ["train_state.ckpt", "loss.png"] + [os.path.join("weights", f"SD-XL-tiny_{i}_ti.ckpt") for i in (1, 2)]
+    assert sorted(after) == sorted(kept + ["loss.csv"])
+    assert all(after[f] == before[f] for f in kept)
+    log = losses(save)
+    assert len(log) == 3 and np.isfinite(log).all()  # step 3's loss came from the good vectors of step 2
+    assert loss_curve([1, 2, 3, 4], [1.0, float("nan"), float("inf"), 0.5]).size == (640, 360)
+
+
+def test_resume_repairs_a_torn_loss_log(weights, finished_run, tmp_path, capsys, keep_mode):
+    """A row cut short by a kill (and any other unreadable row) is dropped with one warning line, and
+    the log is rewritten with plain newlines."""
+    save = copy_of(finished_run, tmp_path)
+    path = os.path.join(save, "loss.csv")
+    header, first, second = open(path).read().splitlines()
+    with open(path, "w") as f:
+        f.write(f"{header}\n{first}\nnot a row\n{second}\n1")  # "1": the start of a row "10,..." cut short
+    code, _, err = train_here(capsys, *quick(weights, save, "--resume", "True", "--total_step", "3"))
+    assert code == 0, err[-3000:]
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "loss.csv: dropped 2 unreadable row(s)" in warnings[0], err[-2000:]
+    raw = open(path, "rb").read()
+    assert b"\r" not in raw and raw.splitlines()[:3] == [header.encode(), first.encode(), second.encode()]
+    assert [row.split(b",")[0] for row in raw.splitlines()[1:]] == [b"1", b"2", b"3"]
+
+
+def test_resume_with_nothing_to_train_writes_nothing(weights, finished_run, tmp_path, capsys, keep_mode):
+    """--resume without a saved state creates no folder; a run already at --total_step is an error."""
+    code, _, err = train_here(capsys, *quick(weights, str(tmp_path / "new" / "run"), "--resume", "True",
+                                             "--total_step", "2"))
+    assert code == 1 and "--resume: no saved state" in error_line(err)
+    assert os.listdir(tmp_path) == []
+    save = copy_of(finished_run, tmp_path)
+    before = snapshot(save)
+    code, _, err = train_here(capsys, *quick(weights, save, "--resume", "True", "--total_step", "2"))
+    assert code == 1 and "already at step 2 (--total_step 2)" in error_line(err)
+    assert snapshot(save) == before

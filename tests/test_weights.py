@@ -204,3 +204,34 @@ def test_build_model_rejects_unfitting_weights(tiny_file, tmp_path):
         write_safetensors_from(reader, src, drop=["model.diffusion_model.out.2.bias"])
     with pytest.raises(WeightFileError, match="1 missing .*out.2.bias"):
         build_model(TINY_CONFIG, src)
+
+
+@pytest.mark.parametrize("case", ["out_is_config", "out_links_to_config", "ckpt_name", "folder", "export_onto_src"])
+def test_no_tool_writes_over_its_input(case, tmp_path):
+    """An output that is one of the tool's inputs, a weight file under a .ckpt name, or an existing folder
+    is refused with one line; the input is unchanged and nothing is written."""
+    config = tmp_path / "tiny.yaml"
+    config.write_bytes(open(TINY_CONFIG, "rb").read())
+    args = ["random_checkpoint.py", "--config", str(config), "--out"]
+    if case == "out_is_config":
+        args, expected, kept = args + [str(config)], "safetensors", config
+    elif case == "out_links_to_config":
+        (tmp_path / "w.safetensors").symlink_to(config)
+        args, expected, kept = args + [str(tmp_path / "w.safetensors")], "is also --config", config
+    elif case == "ckpt_name":
+        args, expected, kept = args + [str(tmp_path / "w.ckpt")], "*.safetensors", config
+    elif case == "folder":
+        (tmp_path / "w.safetensors").mkdir()
+        args, expected, kept = args + [str(tmp_path / "w.safetensors")], "is a folder", config
+    else:
+        from gm.textual_inversion import formats
+        kept = tmp_path / "cat-toy.safetensors"
+        formats.write(str(kept), "<cat-toy>", [np.ones((1, 32), np.float32), np.ones((1, 64), np.float32)], "a1111")
+        args, expected = ["export_embedding.py", "--src", str(kept), "--format", "a1111", "--dst", f"{tmp_path}/",
+                          "--dtype", "fp16"], "is also --src"
+    before, files = kept.read_bytes(), sorted(os.listdir(tmp_path))
+    result = tool(*args)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert kept.read_bytes() == before and sorted(os.listdir(tmp_path)) == files

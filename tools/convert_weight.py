@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from gm.build import load_config  # noqa: E402
-from gm.cli import UsageError, run  # noqa: E402
+from gm.cli import UsageError, check_outputs, run  # noqa: E402
 from gm.diffusers_layout import source_of  # noqa: E402
 from gm.layout import check_layout, official_layout  # noqa: E402
 from gm.weight_files import SafetensorsReader, WeightFileError, write_ckpt  # noqa: E402
@@ -129,6 +129,7 @@ def convert(src, dst, config_path, dtype="fp32"):
     """Convert ``src`` to ``dst`` (.ckpt) for the model of ``config_path``; returns the tensor count."""
     if not dst.endswith(".ckpt"):
         raise UsageError(f"--dst {dst}: the output must be a .ckpt file")
+    check_outputs([("--dst", dst)], [("--src", src), ("--config", config_path)])
     config = load_config(config_path)
     layout = {k: shape for k, (shape, kind) in official_layout(config).items() if kind == "weight"}
     source = open_source(src, config)

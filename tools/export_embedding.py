@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from gm.cli import UsageError, run  # noqa: E402
+from gm.cli import UsageError, check_outputs, run  # noqa: E402
 from gm.textual_inversion import formats  # noqa: E402
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -75,6 +75,7 @@ def main(argv=None):
     if not token or token != token.strip():
         raise UsageError(f"--token {token!r}: a word must be non-empty, without surrounding spaces")
     dst, word = destination(args, token)
+    check_outputs([("--dst", dst)], [("--src", args.src)], "folder" if args.format == "diffusers" else "file")
     paths = formats.write(dst, token, found.rows, args.format, DTYPES[args.dtype])
     shapes = ", ".join(f"{key} {list(r.shape)}" for key, r in zip(formats.ENCODER_KEYS, found.rows))
     print(f"read {args.src} ({found.format}: {found.token}); wrote {args.format} {', '.join(paths)} ({shapes}, "

@@ -18,7 +18,6 @@ image, so its ``crop_coords_top_left`` is (top, left) in that flipped image. For
 ``left`` that is ``W - left - resolution`` (the mirror of the unflipped crop, W the resized width);
 for a center crop it is the centered offset again, ``round((W - resolution) / 2)``.
 """
-import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
-from gm.cli import UsageError
+from gm.cli import UsageError, check_value
 from gm.textual_inversion.templates import check_property, load_templates
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -168,22 +167,23 @@ class View:
         return np.ascontiguousarray((crop / 127.5 - 1.0).transpose(2, 0, 1))
 
 
-def _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed):
+def check_concept(placeholder_token, num_vectors, learnable_property, name="--{}".format):
+    """UsageError unless the token is one word (no spaces, no ``{}``), ``num_vectors`` at least 1 and
+    the property known; ``name(key)`` is how the error names a value (default: its flag)."""
     if not isinstance(placeholder_token, str) or not placeholder_token or placeholder_token.split() != [
             placeholder_token] or "{}" in placeholder_token:
-        raise UsageError(f"--placeholder_token {placeholder_token!r}: expected one word without spaces "
+        raise UsageError(f"{name('placeholder_token')} {placeholder_token!r}: expected one word without spaces "
                          "or {}, e.g. <cat-toy>")
-    if not isinstance(num_vectors, numbers.Integral) or num_vectors < 1:
-        raise UsageError(f"--num_vectors {num_vectors}: expected an integer of at least 1")
-    check_property(learnable_property)
-    if not isinstance(resolution, numbers.Integral) or resolution <= 0 or resolution % 8:
-        raise UsageError(f"--resolution {resolution}: expected a positive multiple of 8")
-    if not 0.0 <= flip_p <= 1.0:
-        raise UsageError(f"--flip_p {flip_p}: expected a probability in [0, 1]")
-    if not isinstance(repeats, numbers.Integral) or repeats < 1:
-        raise UsageError(f"--repeats {repeats}: expected an integer of at least 1")
-    if not isinstance(seed, numbers.Integral) or seed < 0:
-        raise UsageError(f"--seed {seed}: expected a non-negative integer")
+    check_value(name("num_vectors"), num_vectors, "count")
+    check_property(learnable_property, name("learnable_property"))
+
+
+def _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed):
+    check_concept(placeholder_token, num_vectors, learnable_property)
+    check_value("--resolution", resolution, "multiple_of_8")
+    check_value("--flip_p", flip_p, "probability")
+    check_value("--repeats", repeats, "count")
+    check_value("--seed", seed, "natural")
 
 
 class TIDataset:

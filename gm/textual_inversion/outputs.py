@@ -7,10 +7,10 @@
     samples/step_{step}.png            images for a fixed prompt and seed (--infer_during_train)
     samples/progression.png            one row per inference step: the concept appearing
 """
-import csv
 import glob
 import os
 import re
+import sys
 
 import numpy as np
 from PIL import Image
@@ -20,6 +20,49 @@ from gm.images import loss_curve, make_grid, save_png
 from gm.weight_files import atomic_output
 
 LOG_FIELDS = ("step", "loss", "lr", "step_seconds")
+# Files whose presence means --save_path holds a run; with the loss curve and samples, what
+# --overwrite True removes (nothing else in the folder is touched).
+RUN_MARKERS = ("train_state.ckpt", "loss.csv", "weights/*_ti.ckpt", "weights/*/*_ti.ckpt")
+RUN_FILES = RUN_MARKERS + ("loss.png", "samples/step_*.png", "samples/progression.png",
+                           "samples/*/step_*.png", "samples/*/progression.png")
+
+
+def run_files(save_path, patterns=RUN_FILES):
+    """The files of a training run present in ``save_path``, sorted."""
+    return sorted(f for p in patterns for f in glob.glob(os.path.join(glob.escape(save_path), p)))
+
+
+def check_save_path(save_path, resume, overwrite):
+    """Refuse a ``--save_path`` that cannot be written or whose earlier run would be lost; writes nothing."""
+    existing = save_path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing) or "."
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--save_path {save_path}: cannot write there ({existing} is not a writable folder)")
+    if resume and overwrite:
+        raise UsageError("--resume True and --overwrite True: choose one (resume continues the run in "
+                         "--save_path, overwrite replaces it)")
+    found = run_files(save_path, RUN_MARKERS)
+    if found and not (resume or overwrite):
+        raise UsageError(f"--save_path {save_path}: holds an earlier run ({os.path.relpath(found[0], save_path)}); "
+                         "continue it with --resume True, choose a new path, or replace it with --overwrite True")
+
+
+def clear_run(save_path):
+    """Delete the earlier run's files in ``save_path`` (``--overwrite True``); other files stay."""
+    for path in run_files(save_path):
+        os.remove(path)
+
+
+def _log_row(line):
+    """(step, loss, lr, seconds) of a loss.csv line, or None if it is not a complete row."""
+    fields = line.split(",")
+    if len(fields) != len(LOG_FIELDS):
+        return None
+    try:
+        return int(fields[0]), float(fields[1]), float(fields[2]), float(fields[3])
+    except ValueError:
+        return None
 
 
 class RunOutputs:
@@ -35,18 +78,6 @@ class RunOutputs:
         self.loss_path = os.path.join(save_path, "loss.csv")
         self.curve_path = os.path.join(save_path, "loss.png")
 
-    def check_writable(self):
-        """Create the folders; UsageError naming --save_path if that is not possible."""
-        try:
-            for d in (self.root, self.weights_dir, self.samples_dir):
-                os.makedirs(d, exist_ok=True)
-            probe = os.path.join(self.root, ".write_test")
-            with open(probe, "w") as f:
-                f.write("ok")
-            os.remove(probe)
-        except OSError as e:
-            raise UsageError(f"--save_path {self.root}: cannot write there ({e.strerror or e})") from None
-
     def ti_path(self, step):
         return os.path.join(self.weights_dir, f"{self.version}_{step}_ti.ckpt")
 
@@ -58,34 +89,51 @@ class RunOutputs:
         return sorted(steps)
 
     def prune(self, max_num_ckpt):
-        """Delete the oldest ``_ti.ckpt`` files beyond ``max_num_ckpt``."""
-        if not max_num_ckpt:
+        """Delete the oldest ``_ti.ckpt`` files beyond ``max_num_ckpt`` (None: keep all)."""
+        if max_num_ckpt is None:
             return
         for step in self.saved_steps()[:-max_num_ckpt]:
             os.remove(self.ti_path(step))
 
+    def read_log(self):
+        """Rows (step, loss, lr, seconds) of loss.csv in increasing step order. A torn or unreadable
+        row (a run killed while appending) is dropped, with one warning line."""
+        if not os.path.isfile(self.loss_path):
+            return []
+        with open(self.loss_path, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        rows, dropped = [], 0
+        for line in lines[1:] if lines and lines[0] == ",".join(LOG_FIELDS) else lines:
+            row = _log_row(line)
+            if row is None or (rows and row[0] <= rows[-1][0]):
+                dropped += 1
+            else:
+                rows.append(row)
+        if dropped:
+            print(f"warning: {self.loss_path}: dropped {dropped} unreadable row(s) (a run stopped while "
+                  "writing it?)", file=sys.stderr, flush=True)
+        return rows
+
     def read_losses(self):
         """(steps, losses) logged so far."""
-        if not os.path.isfile(self.loss_path):
-            return [], []
-        with open(self.loss_path) as f:
-            rows = list(csv.DictReader(f))
-        return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
+        rows = self.read_log()
+        return [r[0] for r in rows], [r[1] for r in rows]
 
     def start_loss_log(self, resume_step):
         """Keep the log rows up to ``resume_step`` (every later step is trained again)."""
-        rows = []
-        if resume_step and os.path.isfile(self.loss_path):
-            with open(self.loss_path) as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        with atomic_output(self.loss_path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
+        rows = [r for r in self.read_log() if r[0] <= resume_step] if resume_step else []
+        with atomic_output(self.loss_path) as tmp, open(tmp, "w", newline="\n") as f:
+            f.write(",".join(LOG_FIELDS) + "\n")
+            for row in rows:
+                f.write(self._format(*row))
 
     def log_loss(self, step, loss, lr, seconds):
-        with open(self.loss_path, "a", newline="") as f:
-            csv.writer(f).writerow([step, f"{loss:.6f}", f"{lr:.6g}", f"{seconds:.3f}"])
+        with open(self.loss_path, "a", newline="\n") as f:
+            f.write(self._format(step, loss, lr, seconds))
+
+    @staticmethod
+    def _format(step, loss, lr, seconds):
+        return f"{step},{loss:.6f},{lr:.6g},{seconds:.3f}\n"
 
     def save_loss_curve(self):
         steps, losses = self.read_losses()

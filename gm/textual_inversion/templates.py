@@ -80,10 +80,10 @@ FACE_TEMPLATES = [
 TEMPLATES = {"object": OBJECT_TEMPLATES, "style": STYLE_TEMPLATES, "face": FACE_TEMPLATES}
 
 
-def check_property(learnable_property):
-    """Raise UsageError unless ``learnable_property`` is one of TEMPLATES' keys."""
-    if learnable_property not in TEMPLATES:
-        raise UsageError(f"--learnable_property {learnable_property!r}: expected one of "
+def check_property(learnable_property, name="--learnable_property"):
+    """Raise UsageError (naming the value ``name``) unless ``learnable_property`` is one of TEMPLATES' keys."""
+    if not isinstance(learnable_property, str) or learnable_property not in TEMPLATES:
+        raise UsageError(f"{name} {learnable_property!r}: expected one of "
                          f"{', '.join(TEMPLATES)}")
 
 

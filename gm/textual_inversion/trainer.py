@@ -5,6 +5,7 @@ and the global index of the sample, so a run stopped and resumed from ``train_st
 with the same vectors as one that never stopped, and N data-parallel ranks with batch B see
 exactly what one process with batch N*B sees.
 """
+import math
 import os
 import re
 import signal
@@ -17,13 +18,14 @@ from mindspore import Tensor, nn
 from tqdm import tqdm
 
 from gm.build import build_model
-from gm.cli import UsageError
+from gm.cli import UsageError, check_outputs, check_value
 from gm.inference import Sampler
 from gm.modules.diffusionmodules.sampling import make_sampler
 from gm.parallel import SingleProcess
-from gm.textual_inversion.dataset import TIDataset
+from gm.random_weights import write_random_checkpoint
+from gm.textual_inversion.dataset import TIDataset, check_concept
 from gm.textual_inversion.embeddings import add_concept, concept_rows, load_ti, save_ti
-from gm.textual_inversion.outputs import RunOutputs
+from gm.textual_inversion.outputs import RunOutputs, check_save_path, clear_run, run_files
 from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr, learning_rate
 from gm.weight_files import open_weights, write_ckpt
 
@@ -41,11 +43,16 @@ class Concept:
     initializer_token: str = None
     initializer_file: str = None
     template_file: str = None
+    source: str = None  # "--concepts FILE: concept N" for a concept read from a --concepts file
 
     @property
     def name(self):
         """File-name form of the token (``<cat-toy>`` -> ``cat-toy``)."""
         return re.sub(r"[^0-9A-Za-z_.-]+", "_", self.placeholder_token).strip("_") or "concept"
+
+    def label(self, key):
+        """How an error names this concept's ``key``: its flag, or its --concepts file, entry and key."""
+        return f"{self.source}: {key}" if self.source else f"--{key}"
 
 
 @dataclass
@@ -57,6 +64,7 @@ class Settings:
     weight: str
     save_path: str
     concepts: list = field(default_factory=list)
+    concepts_path: str = None  # the --concepts file they came from, if any
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
     total_step: int = 2000
@@ -82,8 +90,39 @@ class Settings:
     guidance_scale: float = 5.0
     seed: int = 42
     resume: bool = False
+    overwrite: bool = False  # replace an earlier run in save_path (removed when this run starts writing)
+    random_weights: bool = False  # write random weights to ``weight`` if it is missing (the demo's default file)
     amp_level: str = "O0"
     amp_dtype: str = "float16"
+    from_config: set = field(default_factory=set)  # names of the settings read from the training config
+
+
+# Settings read from a flag or, when it is not given, the training config: {name: (flag, config key,
+# what a valid value is: a key of gm.cli.RULES)}. A config without max_num_ckpt keeps every _ti.ckpt.
+OPTIONS = {
+    "total_step": ("--total_step", "train.total_step", "count"),
+    "batch_size": ("--train_batch_size", "train.batch_size", "count"),
+    "gradient_accumulation_steps": ("--gradient_accumulation_steps", None, "count"),
+    "learning_rate": ("--learning_rate", "optim.learning_rate", "positive"),
+    "lr_scheduler": ("--lr_scheduler", "optim.lr_scheduler", None),
+    "lr_warmup_steps": ("--lr_warmup_steps", "optim.lr_warmup_steps", "natural"),
+    "weight_decay": (None, "optim.weight_decay", "non_negative"),
+    "betas": (None, "optim.betas", None),
+    "eps": (None, "optim.eps", "positive"),
+    "clip_grad": ("--clip_grad", None, None),
+    "max_grad_norm": ("--max_grad_norm", None, "positive"),
+    "resolution": ("--resolution", "train.resolution", "multiple_of_8"),
+    "center_crop": ("--center_crop", "train.center_crop", None),
+    "flip_p": ("--flip_p", "train.flip_p", "probability"),
+    "repeats": ("--repeats", "train.repeats", "count"),
+    "save_ckpt_interval": ("--save_ckpt_interval", "train.save_ckpt_interval", "count"),
+    "max_num_ckpt": ("--max_num_ckpt", "train.max_num_ckpt", "count"),
+    "infer_interval": ("--infer_interval", "infer.interval", "count"),
+    "infer_images": (None, "infer.num_images", "count"),
+    "infer_steps": (None, "infer.sample_steps", "count"),
+    "guidance_scale": (None, "infer.guidance_scale", "finite"),
+    "seed": ("--seed", None, "natural"),
+}
 
 
 class VAEEncode(nn.Cell):
@@ -97,40 +136,75 @@ class VAEEncode(nn.Cell):
         return self.vae.encode(x)
 
 
+def setting_name(s, key):
+    """How an error names setting ``key``: its flag, or the training config and key it was read from."""
+    flag, config_key, _ = OPTIONS[key]
+    return f"{s.config_path}: {config_key}" if key in s.from_config or flag is None else flag
+
+
 def check_settings(s):
-    for value, flag in ((s.total_step, "--total_step"), (s.gradient_accumulation_steps, "--gradient_accumulation_steps"),
-                        (s.batch_size, "--train_batch_size"), (s.save_ckpt_interval, "--save_ckpt_interval")):
-        if value < 1:
-            raise UsageError(f"{flag} {value}: must be at least 1")
+    """Every value of the run, before anything is read, written or built: UsageError naming the flag,
+    config key or --concepts entry of the first bad one."""
+    for key, (_, _, rule) in OPTIONS.items():
+        value = getattr(s, key)
+        if rule and not (key == "max_num_ckpt" and value is None):
+            check_value(setting_name(s, key), value, rule)
     if s.lr_scheduler not in ("constant", "cosine"):
-        raise UsageError(f"--lr_scheduler {s.lr_scheduler!r}: expected constant or cosine")
+        raise UsageError(f"{setting_name(s, 'lr_scheduler')} {s.lr_scheduler!r}: expected constant or cosine")
+    if s.infer_prompt is not None:
+        try:
+            s.infer_prompt.format("")
+            usable = "{}" in s.infer_prompt
+        except (IndexError, KeyError, ValueError):
+            usable = False
+        if not usable:
+            raise UsageError(f"--infer_prompt {s.infer_prompt!r}: expected a prompt with {{}} for the word "
+                             "and no other braces")
     if not s.concepts:
         raise UsageError("--data_path: required (a folder of images), or use --demo True")
+    for c in s.concepts:
+        check_concept(c.placeholder_token, c.num_vectors, c.learnable_property, c.label)
     tokens = [c.placeholder_token for c in s.concepts]
     if len(set(tokens)) != len(tokens):
         raise UsageError(f"--concepts: each concept needs its own placeholder_token (got {tokens})")
+
+
+def diverged(step, what):
+    """The error that stops a run whose numbers are no longer finite."""
+    return UsageError(f"step {step}: {what}: training diverged (try a lower --learning_rate); stopped, the "
+                      "files saved before this step are kept")
 
 
 class Trainer:
     """Builds everything from :class:`Settings` and runs the loop."""
 
     def __init__(self, s, parallel=None):
+        """Check everything (settings, --save_path, the resume state, the images) before writing
+        or building anything; then build the model and the new words' parameters."""
         check_settings(s)
+        inputs = [("--weight", s.weight), ("--config", s.config_path), ("--concepts", s.concepts_path)]
+        inputs += [(c.label(k), getattr(c, k)) for c in s.concepts for k in ("data_path", "initializer_file",
+                                                                               "template_file")]
+        check_outputs([("--save_path", s.save_path)], inputs, kind="folder")
         self.s = s
         self.parallel = parallel or SingleProcess()
+        if self.parallel.is_main:
+            check_save_path(s.save_path, s.resume, s.overwrite)
         version = s.config.get("version", "SD-XL")
         multi = len(s.concepts) > 1
         self.outputs = [RunOutputs(s.save_path, version, c.name if multi else None) for c in s.concepts]
         self.out = self.outputs[0]
+        state = self._read_state() if s.resume else {"step": 0}
+        self.start_step = state["step"]
+        if not (os.path.isfile(s.weight) or s.random_weights):
+            raise UsageError(f"--weight {s.weight}: no such file (convert the official weights with "
+                             "tools/convert_weight.py, or try --demo True without --weight)")
         self.datasets = [TIDataset(c.data_path, c.placeholder_token, c.num_vectors, c.learnable_property,
                                    s.resolution, center_crop=s.center_crop, flip_p=s.flip_p, repeats=s.repeats,
                                    template_file=c.template_file, seed=s.seed) for c in s.concepts]
-        if self.parallel.is_main:
-            for out in self.outputs:
-                out.check_writable()
-        if not os.path.isfile(s.weight):
-            raise UsageError(f"--weight {s.weight}: no such file (convert the official weights with "
-                             "tools/convert_weight.py, or try --demo True)")
+        if s.random_weights and not os.path.isfile(s.weight):
+            print(f"writing random weights for the demo to {s.weight}", flush=True)
+            write_random_checkpoint(s.config, s.weight)
         self.model = build_model(s.config, s.weight, s.amp_level, s.amp_dtype)
         widths = [e.embedding.weight.shape[1] for e in self.model.conditioner.text_embedders]
         for c in s.concepts:
@@ -140,8 +214,11 @@ class Trainer:
         self.loss_and_grads = LossAndGrads(self.model, self.params)
         self.optimizer = ClippedAdamW(self.params, s.betas, s.eps, s.weight_decay,
                                       s.max_grad_norm if s.clip_grad else None)
+        if s.resume:
+            for i, param in enumerate(self.params):
+                param.set_data(Tensor(state[f"rows_{i}"]))
+            self.optimizer.load_state([state[f"moment_{i}"] for i in range(2 * len(self.params))])
         self.sigma_sampler = self.model.loss_fn.sigma_sampler
-        self.start_step = self._resume() if s.resume else 0
         self.latents = []
         self.sampler = Sampler(self.model) if s.infer_during_train and self.parallel.is_main else None
         self.stop_requested = False
@@ -153,8 +230,9 @@ class Trainer:
             return None
         token, rows = load_ti(concept.initializer_file, widths)
         if rows[0].shape[0] != concept.num_vectors:
-            raise UsageError(f"--initializer_file {concept.initializer_file}: has {rows[0].shape[0]} vectors "
-                             f"({token}), but --num_vectors is {concept.num_vectors}")
+            raise UsageError(f"{concept.label('initializer_file')} {concept.initializer_file}: has "
+                             f"{rows[0].shape[0]} vectors ({token}), but {concept.label('num_vectors')} is "
+                             f"{concept.num_vectors}")
         return rows
 
     # -- state -----------------------------------------------------------------------------------
@@ -162,13 +240,17 @@ class Trainer:
         return concept_rows(self.model.conditioner, concept.placeholder_token, concept.num_vectors)
 
     def save(self, step):
-        """Each concept's ``_ti.ckpt`` and the resume state, all atomic; old files pruned (main rank)."""
+        """Each concept's ``_ti.ckpt`` and the resume state, all atomic; old files pruned (main rank).
+        Vectors that are not finite stop the run instead (every rank, so all stop alike)."""
+        rows = [p.asnumpy() for p in self.params]
+        if not all(np.isfinite(r).all() for r in rows):
+            raise diverged(step, "the learned vectors are not finite")
         if not self.parallel.is_main:
             return
         for concept, out in zip(self.s.concepts, self.outputs):
             save_ti(out.ti_path(step), concept.placeholder_token, self.rows(concept))
             out.prune(self.s.max_num_ckpt)
-        items = [(f"rows_{i}", p.asnumpy()) for i, p in enumerate(self.params)]
+        items = [(f"rows_{i}", r) for i, r in enumerate(rows)]
         items += [(f"moment_{i}", m) for i, m in enumerate(self.optimizer.state())]
         items += [("step", np.asarray(step, np.int64)), ("seed", np.asarray(self.s.seed, np.int64)),
                   ("placeholder_token", self._identity())]
@@ -177,7 +259,8 @@ class Trainer:
     def _identity(self):
         return "\n".join(f"{c.placeholder_token} {c.num_vectors}" for c in self.s.concepts)
 
-    def _resume(self):
+    def _read_state(self):
+        """``train_state.ckpt`` for --resume as {"step", "rows_i", "moment_i"}, checked against this run."""
         path = self.out.state_path
         if not os.path.isfile(path):
             raise UsageError(f"--resume: no saved state at {path} (nothing to resume in --save_path)")
@@ -185,12 +268,14 @@ class Trainer:
             if reader.get("placeholder_token") != self._identity():
                 raise UsageError(f"--resume: {path} was saved for other concepts "
                                  f"({reader.get('placeholder_token')!r}, not {self._identity()!r})")
-            for i, param in enumerate(self.params):
-                param.set_data(Tensor(np.array(reader.get(f"rows_{i}"), np.float32)))
-            moments = [np.array(reader.get(f"moment_{i}")) for i in range(2 * len(self.params))]
-            step = int(np.asarray(reader.get("step")).reshape(-1)[0])
-        self.optimizer.load_state(moments)
-        return step
+            state = {k: np.array(reader.get(k), np.float32) for k in reader.keys()
+                     if k.startswith(("rows_", "moment_"))}
+            state["step"] = int(np.asarray(reader.get("step")).reshape(-1)[0])
+        if state["step"] >= self.s.total_step:
+            raise UsageError(f"--resume: the run in {self.s.save_path} is already at step {state['step']} "
+                             f"({setting_name(self.s, 'total_step')} {self.s.total_step}); nothing to train (give a "
+                             "higher --total_step to continue it)")
+        return state
 
     # -- data ------------------------------------------------------------------------------------
     def cache_latents(self, chunk=4):
@@ -233,7 +318,8 @@ class Trainer:
     # -- loop ------------------------------------------------------------------------------------
     def train_step(self, step):
         """One optimiser step: every concept, ``gradient_accumulation_steps`` micro-batches each,
-        gradients averaged over them and over ranks. Returns (mean loss, lr)."""
+        gradients averaged over them and over ranks. Returns (mean loss, lr); a loss or gradient that is
+        not finite stops the run before the update."""
         accum = self.s.gradient_accumulation_steps
         losses, grads = [], None
         for micro in range(accum):
@@ -245,10 +331,15 @@ class Trainer:
         grads = tuple(g / n for g in grads)
         loss = sum(losses[1:], losses[0]) / n
         *grads, loss = self.parallel.mean((*grads, loss))
+        loss = float(loss.asnumpy())
+        if not math.isfinite(loss):
+            raise diverged(step + 1, f"the loss is {loss}")
+        if not all(np.isfinite(g.asnumpy()).all() for g in grads):
+            raise diverged(step + 1, "the gradient is not finite")
         lr = learning_rate(step, self.s.learning_rate, self.s.total_step, self.s.lr_warmup_steps,
                            self.s.lr_scheduler)
         self.optimizer(ms.mutable(tuple(grads)), as_lr(lr), as_lr(step + 1))
-        return float(loss.asnumpy()), lr
+        return loss, lr
 
     def infer(self, step):
         """Images for each concept's fixed prompt and seed; one progression row per call."""
@@ -262,6 +353,8 @@ class Trainer:
 
     def summary(self):
         s = self.s
+        note = (f" (resuming at step {self.start_step})" if self.start_step
+                else " (replacing the earlier run)" if s.overwrite and run_files(s.save_path) else "")
         lines = [f"model config        {s.config_path}", f"weights             {s.weight}"]
         for c, d in zip(s.concepts, self.datasets):
             init = c.initializer_file or c.initializer_token or "random"
@@ -276,7 +369,7 @@ class Trainer:
             f"MindSpore           {ms.__version__}, {ms.get_context('device_target')}, "
             f"{'graph' if ms.get_context('mode') == 0 else 'PyNative'} mode, "
             + ("fp32" if s.amp_level == "O0" else f"mixed precision {s.amp_level} {s.amp_dtype} (VAE fp32)"),
-            f"output              {s.save_path}" + (f" (resuming at step {self.start_step})" if self.start_step else ""),
+            f"output              {s.save_path}{note}",
         ]
         print("Key settings\n" + "\n".join("  " + line for line in lines), flush=True)
 
@@ -287,6 +380,8 @@ class Trainer:
             self.summary()
         self.cache_latents()
         if main:
+            if self.s.overwrite:
+                clear_run(self.s.save_path)
             self.out.start_loss_log(self.start_step)
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         bar = tqdm(total=self.s.total_step, initial=self.start_step, desc="training", unit="step",
