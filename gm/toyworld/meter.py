@@ -2,9 +2,9 @@
 
 Analysis by synthesis with the world's own renderer, no learned weights:
 
-- background: the colour of the picture's border, if most of the border has one colour;
+- background: the palette background that most of the picture's pixels lie near;
 - objects: connected regions that differ from the background;
-- colour: the palette colour whose plain or pattern shade explains most of a region's pixels;
+- colour: the palette colour whose plain or pattern shade is nearest to most of a region's pixels;
 - pattern: how a region's pattern-shade pixels correlate with each canvas-anchored pattern (any phase);
 - shape: the rendered shape, at every allowed angle, scaled to the region's area and placed on its
   centroid, that overlaps the region best (intersection over union).
@@ -20,9 +20,9 @@ from scipy import ndimage
 
 from gm.toyworld.world import BACKGROUNDS, COLOURS, MAX_ANGLE, PATTERNS, SHAPES, pattern_mask, shape_mask, tint
 
-BORDER = 3                 # pixels of the frame read as background (at 64 px; scales with the side)
-BACKGROUND_SHARE = 0.7     # share of the frame within COLOUR_TOLERANCE of its median colour
-COLOUR_TOLERANCE = 55.0    # RGB distance to accept a palette colour
+BACKGROUND_SHARE = 0.4    # share of the picture near one palette background
+BACKGROUND_TOLERANCE = 75.0  # RGB distance of a background pixel to its palette colour
+COLOUR_TOLERANCE = 70.0    # median RGB distance of an object's pixels to its palette shade
 FOREGROUND_DISTANCE = 50.0  # RGB distance from the background that makes a pixel foreground
 MIN_AREA = 0.006           # smallest object, as a share of the picture
 MIN_BASE_SHARE = 0.25      # a colour needs this share of a region in its plain shade
@@ -81,31 +81,43 @@ def _distances(pixels, palette):
 
 
 def read_background(image):
-    """(name or None, share of the frame near its median colour, median colour)."""
-    size = image.shape[0]
-    border = max(1, round(BORDER * size / 64))
-    frame = np.concatenate([image[:border].reshape(-1, 3), image[-border:].reshape(-1, 3),
-                            image[:, :border].reshape(-1, 3), image[:, -border:].reshape(-1, 3)])
-    median = np.median(frame, axis=0)
-    share = float(np.mean(np.linalg.norm(frame - median, axis=1) < COLOUR_TOLERANCE))
+    """(name or None, share of the picture near that background colour, measured background colour).
+
+    The background is the palette background that most pixels of the whole picture lie near (objects
+    cover less than half of it); its measured colour is the median of those pixels, so a decoder's
+    colour shift or darkened frame does not turn the background into foreground."""
+    pixels = image.reshape(-1, 3)
     names = list(BACKGROUNDS)
-    distance = _distances(median[None], np.asarray([BACKGROUNDS[n] for n in names], np.float32))[0]
-    best = int(distance.argmin())
-    name = names[best] if share >= BACKGROUND_SHARE and distance[best] < COLOUR_TOLERANCE else None
-    return name, share, median
+    near = _distances(pixels, np.asarray([BACKGROUNDS[n] for n in names], np.float32)) < BACKGROUND_TOLERANCE
+    shares = near.mean(0)
+    best = int(shares.argmax())
+    share = float(shares[best])
+    if share < BACKGROUND_SHARE:
+        return None, share, np.median(pixels, axis=0)
+    return names[best], share, np.median(pixels[near[:, best]], axis=0)
 
 
-def read_colour(pixels):
-    """(colour name or None, share of pixels in its plain or pattern shade, is-pattern-shade [N] bool)."""
+def read_colour(pixels, background):
+    """(colour name or None, share of pixels nearest its plain or pattern shade, is-pattern-shade [N] bool).
+
+    Each pixel goes to the nearest of every colour's plain and pattern shade and the measured background
+    (blurred edges); the colour with most pixels wins if it has at least half of them, mostly in its
+    plain shade, and the pixels are near enough to the palette for the picture to be of this world."""
     names = list(COLOURS)
-    base = _distances(pixels, np.asarray([COLOURS[n] for n in names], np.float32))
-    shade = _distances(pixels, np.asarray([tint(n) for n in names], np.float32))
-    in_base, in_shade = base < COLOUR_TOLERANCE, shade < COLOUR_TOLERANCE
-    explained = np.where(in_base.mean(0) >= MIN_BASE_SHARE, (in_base | in_shade).mean(0), 0.0)
-    best = int(explained.argmax())
-    if explained[best] < 0.5:
-        return None, float(explained[best]), np.zeros(len(pixels), bool)
-    return names[best], float(explained[best]), shade[:, best] < base[:, best]
+    palette = np.asarray([COLOURS[n] for n in names] + [tint(n) for n in names] + [background], np.float32)
+    distance = _distances(pixels, palette)
+    nearest = distance.argmin(1)
+    k = len(names)
+    base_votes = np.bincount(nearest, minlength=2 * k + 1)[:k] / len(pixels)
+    shade_votes = np.bincount(nearest, minlength=2 * k + 1)[k:2 * k] / len(pixels)
+    votes = base_votes + shade_votes
+    best = int(votes.argmax())
+    mine = (nearest == best) | (nearest == best + k)
+    close = float(np.median(distance[mine, best] if base_votes[best] >= shade_votes[best] else
+                            distance[mine, best + k])) if mine.any() else np.inf
+    if votes[best] < 0.5 or base_votes[best] < MIN_BASE_SHARE * votes[best] or close > COLOUR_TOLERANCE:
+        return None, float(votes[best]), np.zeros(len(pixels), bool)
+    return names[best], float(votes[best]), nearest == best + k
 
 
 def read_pattern(is_shade, region):
@@ -181,7 +193,9 @@ def read(image):
         region = labels == label
         inner = ndimage.binary_erosion(region)
         inner = inner if inner.sum() >= min_area else region
-        colour, colour_score, is_shade = read_colour(image[inner])
+        colour, colour_score, is_shade = read_colour(image[inner], median)
+        if colour == background:
+            continue  # no object has the background's colour: a shading of the background (decoder edges)
         if colour is None:
             pattern, pattern_score = None, 0.0
         else:
