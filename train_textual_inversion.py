@@ -13,7 +13,7 @@ import sys
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 
-from gm.cli import UsageError, add_device_args, run, str2bool  # noqa: E402
+from gm.cli import ArgumentParser, UsageError, add_device_args, run, str2bool  # noqa: E402
 
 DEMO = {
     "config": "configs/training/sd_xl_tiny_finetune_textual_inversion.yaml",
@@ -27,7 +27,7 @@ DEMO = {
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--config", default="configs/training/sd_xl_base_finetune_textual_inversion.yaml",
@@ -98,16 +98,24 @@ def concepts_from_file(path):
     if not os.path.isfile(path):
         raise UsageError(f"--concepts {path}: no such file")
     try:
-        entries = OmegaConf.to_container(OmegaConf.load(path)).get("concepts")
+        content = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as e:  # yaml and omegaconf raise many types for a bad file
         raise UsageError(f"--concepts {path}: not a readable YAML file ({type(e).__name__})") from None
+    entries = content.get("concepts") if isinstance(content, dict) else None
     if not isinstance(entries, list) or not entries:
-        raise UsageError(f"--concepts {path}: expected a non-empty list under 'concepts:'")
+        found = ("an empty file" if not content else f"a {type(content).__name__}" if not isinstance(content, dict)
+                 else f"keys {sorted(map(str, content))}" if "concepts" not in content
+                 else f"concepts: {entries!r}"[:80])
+        raise UsageError(f"--concepts {path}: expected a mapping with a non-empty list under 'concepts:' "
+                         f"(found {found}); see the README's example")
     fields = set(Concept.__dataclass_fields__) - {"source"}
     concepts = []
     for i, entry in enumerate(entries):
-        unknown = set(entry) - fields if isinstance(entry, dict) else {"(not a mapping)"}
-        missing = {"placeholder_token", "data_path"} - set(entry or {})
+        if not isinstance(entry, dict):
+            raise UsageError(f"--concepts {path}: concept {i + 1}: {entry!r}: expected a mapping such as "
+                             "{placeholder_token: <cat-toy>, data_path: cat_toy}")
+        unknown = set(entry) - fields
+        missing = {"placeholder_token", "data_path"} - set(entry)
         if unknown or missing:
             raise UsageError(f"--concepts {path}: concept {i + 1}: "
                              + (f"unknown keys {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"))

@@ -30,7 +30,7 @@ import_mindspore()
 from PIL import Image  # noqa: E402
 
 from gm.build import build_model, load_config  # noqa: E402
-from gm.cli import ConfigError, UsageError  # noqa: E402
+from gm.cli import ArgumentParser, ConfigError, UsageError, device_name, ms_mode  # noqa: E402
 from gm.images import make_grid  # noqa: E402
 from gm.inference import Sampler, default_size, init_mindspore  # noqa: E402
 from gm.modules.diffusionmodules.discretizer import SPACINGS  # noqa: E402
@@ -42,17 +42,35 @@ BAD_INPUT = (UsageError, ConfigError, WeightFileError)
 UPLOADS = os.path.join(tempfile.gettempdir(), "sdxl_ti_uploads")
 
 
+# Flags after ``--``, each with the environment variable it falls back on.
+ENVIRONMENT = {"config": "SDXL_CONFIG", "weight": "SDXL_WEIGHT", "textual_inversion_weight": "SDXL_TI_WEIGHTS",
+               "device_target": "SDXL_DEVICE", "ms_mode": "SDXL_MS_MODE"}
+DEFAULTS = {"config": "configs/inference/sd_xl_base.yaml", "weight": "checkpoints/sd_xl_base_1.0_ms.ckpt",
+            "textual_inversion_weight": [], "device_target": None, "ms_mode": 0}
+
+
 def options(argv):
-    """Flags after ``--``; their defaults come from the environment."""
-    env = os.environ.get
-    p = argparse.ArgumentParser(allow_abbrev=False)
-    p.add_argument("--config", default=env("SDXL_CONFIG", "configs/inference/sd_xl_base.yaml"))
-    p.add_argument("--weight", default=env("SDXL_WEIGHT", "checkpoints/sd_xl_base_1.0_ms.ckpt"))
-    p.add_argument("--textual_inversion_weight", nargs="+", action="extend",
-                   default=[p for p in env("SDXL_TI_WEIGHTS", "").split(os.pathsep) if p])
-    p.add_argument("--device_target", default=env("SDXL_DEVICE"))
-    p.add_argument("--ms_mode", type=int, choices=[0, 1], default=int(env("SDXL_MS_MODE", "0")))
-    return p.parse_known_args(argv)[0]
+    """Flags after ``--``; a flag not given comes from its environment variable (:data:`ENVIRONMENT`), else
+    :data:`DEFAULTS`. A bad value is a UsageError naming the flag or the variable, checked as the CLIs check it."""
+    p = ArgumentParser(prog="demo/sampling.py", allow_abbrev=False)
+    p.add_argument("--config")
+    p.add_argument("--weight")
+    p.add_argument("--textual_inversion_weight", nargs="+", action="extend")
+    p.add_argument("--device_target", type=device_name)
+    p.add_argument("--ms_mode", type=ms_mode)
+    opts = p.parse_known_args(argv)[0]
+    convert = {"textual_inversion_weight": lambda v: [path for path in v.split(os.pathsep) if path],
+               "device_target": device_name, "ms_mode": ms_mode}
+    for key, variable in ENVIRONMENT.items():
+        value = os.environ.get(variable)
+        if getattr(opts, key) is None and value:
+            try:
+                setattr(opts, key, convert.get(key, str)(value))
+            except argparse.ArgumentTypeError as e:
+                raise UsageError(f"environment variable {variable}: {e}") from None
+        if getattr(opts, key) is None:
+            setattr(opts, key, DEFAULTS[key])
+    return opts
 
 
 @st.cache_resource
@@ -165,7 +183,11 @@ def show(results):
 def main():
     st.set_page_config(page_title="SDXL textual inversion", layout="wide")
     st.title("SDXL with learned words")
-    opts = options(sys.argv[1:])
+    try:
+        opts = options(sys.argv[1:])
+    except BAD_INPUT as e:
+        st.error(str(e))
+        st.stop()
     config_path, weight_path, embeddings = sidebar(opts)
     try:
         setup(opts.device_target, opts.ms_mode)

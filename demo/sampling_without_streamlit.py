@@ -21,7 +21,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from gm.cli import UsageError, add_device_args, check_outputs, run  # noqa: E402
+from gm.cli import ArgumentParser, UsageError, add_device_args, check_outputs, run, warn  # noqa: E402
 
 SAMPLER_ALIASES = {"EulerEDMSampler": "euler", "EulerAncestralSampler": "euler_a", "DPMPP2MSampler": "dpmpp_2m"}
 SAMPLER_NAMES = ("euler", "euler_a", "dpmpp_2m")
@@ -30,7 +30,7 @@ DEFAULT_PROMPT = "Astronaut in a jungle, cold color palette, muted colors, detai
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--task", default="txt2img", choices=["txt2img", "img2img"])
@@ -168,7 +168,7 @@ def sample_prompt(sampler, args, prompt, seed, image, height, width, method):
     from tqdm import tqdm
 
     for message in sampler.prompt_warnings(prompt) + sampler.prompt_warnings(args.negative_prompt):
-        print(f"warning: {message}", file=sys.stderr)
+        warn(message)
     count = args.num_rows * args.num_cols
     with tqdm(total=args.sample_step, desc=prompt[:40], unit="step", leave=False) as bar:
         def progress(i, n):

@@ -1,4 +1,5 @@
-"""Shared command-line plumbing: one-line errors, value and output checks, True/False flags, device flags."""
+"""Shared command-line plumbing: one-line errors and warnings, the argument parser every CLI uses, value and
+output checks, True/False flags, device flags."""
 import argparse
 import math
 import numbers
@@ -12,6 +13,20 @@ class UsageError(Exception):
 
 class ConfigError(Exception):
     """A config file that is missing or not a model config."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with one-line errors: a flag it cannot parse (unknown flag, invalid choice, a value
+    of the wrong type, a missing required flag) raises :class:`UsageError`, which :func:`run` prints as one
+    ``error: ...`` line with exit code 1, as every other bad input (no usage dump, no exit code 2)."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def warn(message):
+    """One ``warning: ...`` line on stderr (skipped inputs, repaired files): the run goes on."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def str2bool(value):
@@ -75,14 +90,33 @@ def check_outputs(outputs, inputs, kind="file"):
                                  "outside the inputs")
 
 
+DEVICES = ("CPU", "GPU", "Ascend")
+
+
+def device_name(value):
+    """argparse type of ``--device_target``: CPU, GPU or Ascend in any case (``cpu`` is CPU)."""
+    for name in DEVICES:
+        if str(value).strip().lower() == name.lower():
+            return name
+    raise argparse.ArgumentTypeError(f"{value!r}: expected one of {', '.join(DEVICES)} (any case)")
+
+
+def ms_mode(value):
+    """argparse type of ``--ms_mode``: 0 (graph) or 1 (PyNative)."""
+    if str(value).strip() in ("0", "1"):
+        return int(value)
+    raise argparse.ArgumentTypeError(f"{value!r}: expected 0 (graph mode) or 1 (PyNative)")
+
+
 AMP_LEVELS = ("O0", "O2", "O3")
 AMP_DTYPES = ("float16", "bfloat16")
 
 
 def add_device_args(group):
     """``--device_target``, ``--ms_mode``, ``--ms_amp_level`` and ``--amp_dtype`` on an argparse group."""
-    group.add_argument("--device_target", default=None, help="CPU, GPU or Ascend (default: the installed MindSpore's)")
-    group.add_argument("--ms_mode", type=int, default=0, choices=[0, 1], help="0 graph mode, 1 PyNative")
+    group.add_argument("--device_target", type=device_name, default=None,
+                       help="CPU, GPU or Ascend, any case (default: the installed MindSpore's)")
+    group.add_argument("--ms_mode", type=ms_mode, default=0, metavar="{0,1}", help="0 graph mode, 1 PyNative")
     group.add_argument("--ms_amp_level", default="O0", choices=AMP_LEVELS,
                        help="mixed precision of the UNet and text encoders (VAE stays fp32): O0 fp32, O2 with "
                             "norms in fp32, O3 all; for Ascend/GPU (fp16 on CPU is slow)")

@@ -91,6 +91,22 @@ def test_app_generates_images(app_env, files):
     assert "old.ckpt: looks like an SD 1.x embedding" in error
 
 
+@pytest.mark.parametrize("variable,value,expected", [
+    ("SDXL_MS_MODE", "abc", "environment variable SDXL_MS_MODE: 'abc': expected 0 (graph mode) or 1 (PyNative)"),
+    ("SDXL_MS_MODE", "5", "environment variable SDXL_MS_MODE: '5': expected 0 (graph mode) or 1 (PyNative)"),
+    ("SDXL_DEVICE", "tpu", "environment variable SDXL_DEVICE: 'tpu': expected one of CPU, GPU, Ascend"),
+])
+def test_bad_environment_is_one_error(app_env, monkeypatch, variable, value, expected):
+    """A bad value in the app's environment is shown as one error naming the variable, not a traceback."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(variable, value)
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    assert not at.exception, at.exception
+    (error,) = [e.value for e in at.error]
+    assert error.startswith(expected), error
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

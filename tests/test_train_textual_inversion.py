@@ -391,6 +391,23 @@ def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weigh
     assert not save.exists()
 
 
+@pytest.mark.parametrize("text,expected", [
+    (f"- {{placeholder_token: '<a>', data_path: {DEMO_TOY}}}\n",
+     "expected a mapping with a non-empty list under 'concepts:' (found a list)"),
+    ("", "expected a mapping with a non-empty list under 'concepts:' (found an empty file)"),
+    ("concept:\n  - {placeholder_token: '<a>'}\n", "(found keys ['concept'])"),
+    ("concepts:\n  - 5\n", "concept 1: 5: expected a mapping such as"),
+], ids=["list", "empty", "misspelt", "entry"])
+def test_a_concepts_file_of_another_shape_says_what_was_expected(text, expected, weights, tmp_path, capsys,
+                                                                  keep_mode):
+    path = tmp_path / "concepts.yaml"
+    path.write_text(text)
+    save = tmp_path / "run"
+    code, _, err = train_here(capsys, *quick(weights, str(save), "--concepts", str(path)))
+    assert code == 1 and error_line(err).startswith(f"error: --concepts {path}: ") and expected in error_line(err)
+    assert "Traceback" not in err and not save.exists()
+
+
 @pytest.mark.parametrize("case", ["weight_inside", "data_path"])
 def test_save_path_never_holds_an_input(case, weights, tmp_path, capsys, keep_mode):
     """--save_path may not be, or contain, a file or folder the run reads."""

@@ -10,7 +10,6 @@ converters, assembles mindone.diffusers.StableDiffusionXLPipeline, loads each ex
 load_textual_inversion (once per encoder) and compares encode_prompt with this toolkit's conditioner.
 Every step prints OK or FAILED with the error; the exit status is 1 if any step failed.
 """
-import argparse
 import os
 import sys
 import tempfile
@@ -19,6 +18,8 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
+
+from gm.cli import ArgumentParser, run  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_tiny.yaml")
@@ -267,7 +268,7 @@ def mindone_ckpt(files):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default=None, help="folder for the files (default: a temporary folder)")
     args = parser.parse_args()
     import mindspore as ms
@@ -310,4 +311,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

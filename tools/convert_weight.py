@@ -8,7 +8,6 @@ text_encoder_2/ with safetensors files; fp16 variants are fine). Every key is ch
 the model config before anything is written; tensors are then converted one at a time (about
 one tensor in memory), and DST appears only when complete.
 """
-import argparse
 import glob
 import os
 import sys
@@ -19,7 +18,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from gm.build import load_config  # noqa: E402
-from gm.cli import UsageError, check_outputs, run  # noqa: E402
+from gm.cli import ArgumentParser, UsageError, check_outputs, run  # noqa: E402
 from gm.diffusers_layout import source_of  # noqa: E402
 from gm.layout import check_layout, official_layout  # noqa: E402
 from gm.weight_files import SafetensorsReader, WeightFileError, write_ckpt  # noqa: E402
@@ -149,7 +148,7 @@ def convert(src, dst, config_path, dtype="fp32"):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", required=True, help="sd_xl_base_1.0.safetensors or a diffusers-layout folder")
     parser.add_argument("--dst", required=True, help="output MindSpore checkpoint (.ckpt)")
     parser.add_argument("--config", default="configs/inference/sd_xl_base.yaml",

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from gm.cli import UsageError, check_outputs, run  # noqa: E402
+from gm.cli import ArgumentParser, UsageError, check_outputs, run  # noqa: E402
 from gm.textual_inversion import formats  # noqa: E402
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
@@ -32,7 +32,7 @@ EXTENSIONS = {"a1111": ".safetensors", "ours": ".ckpt", "mindone": ".ckpt"}
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("--src", required=True, help="embedding file (or diffusers folder) to read")

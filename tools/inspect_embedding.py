@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from gm.cli import run  # noqa: E402
+from gm.cli import ArgumentParser, run  # noqa: E402
 from gm.textual_inversion import formats  # noqa: E402
 from gm.textual_inversion.dataset import placeholder_tokens  # noqa: E402
 from gm.weight_files import WeightFileError  # noqa: E402
@@ -60,7 +60,7 @@ def report(found):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("files", nargs="+", metavar="FILE", help="embedding files or diffusers folders")

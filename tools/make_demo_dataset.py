@@ -8,7 +8,6 @@ and places on 6 backgrounds. ``demo_style``: 6 different subjects in one style: 
 4-colour palette (vermilion, teal, ochre, ink) with bold tapered ink outlines on mottled cream
 paper and a red seal in the bottom-right corner.
 """
-import argparse
 import math
 import os
 import sys
@@ -18,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from gm.cli import run  # noqa: E402
+from gm.cli import ArgumentParser, run  # noqa: E402
 
 SIZE = 128
 SUPERSAMPLE = 4
@@ -264,7 +263,7 @@ def write_demo(root=DATASETS):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=DATASETS, help="folder receiving demo_toy/ and demo_style/")
     args = parser.parse_args()
     for path in write_demo(args.out):

@@ -7,18 +7,17 @@ its keys, including the reference code's ``position_ids`` and ``logit_scale`` bu
 tests and the demo load weights through the same path as real users. Tensors are generated and
 written one at a time, so even the real SDXL shapes need little memory.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gm.cli import UsageError, check_outputs, run  # noqa: E402
+from gm.cli import ArgumentParser, UsageError, check_outputs, run  # noqa: E402
 from gm.random_weights import DTYPES, write_random_checkpoint  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="model config YAML (e.g. configs/inference/sd_xl_tiny.yaml)")
     parser.add_argument("--out", required=True, help="output .safetensors file")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -10,12 +10,11 @@
 import glob
 import os
 import re
-import sys
 
 import numpy as np
 from PIL import Image
 
-from gm.cli import UsageError
+from gm.cli import UsageError, warn
 from gm.images import loss_curve, make_grid, save_png
 from gm.weight_files import atomic_output
 
@@ -110,8 +109,7 @@ class RunOutputs:
             else:
                 rows.append(row)
         if dropped:
-            print(f"warning: {self.loss_path}: dropped {dropped} unreadable row(s) (a run stopped while "
-                  "writing it?)", file=sys.stderr, flush=True)
+            warn(f"{self.loss_path}: dropped {dropped} unreadable row(s) (a run stopped while writing it?)")
         return rows
 
     def read_losses(self):

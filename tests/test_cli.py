@@ -1,0 +1,74 @@
+"""Every command line reports a flag it cannot parse in one ``error: ...`` line, exit code 1, as any other
+bad input (gm.cli.ArgumentParser); device and mode flags are checked the same way everywhere."""
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+from gm.cli import ArgumentParser, UsageError, device_name, ms_mode
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("train_textual_inversion.py", ["--ms_mode", "3"], "argument --ms_mode: '3': expected 0 (graph mode) or 1"),
+    ("train_textual_inversion.py", ["--total_step", "abc"], "argument --total_step: invalid int value: 'abc'"),
+    ("train_textual_inversion.py", ["--device_target", "nonsense"],
+     "argument --device_target: 'nonsense': expected one of CPU, GPU, Ascend"),
+    ("train_textual_inversion.py", ["--resume", "maybe"], "argument --resume: expected True or False, got 'maybe'"),
+    ("demo/sampling_without_streamlit.py", ["--sampler", "heun"], "argument --sampler: invalid choice: 'heun'"),
+    ("demo/sampling_without_streamlit.py", ["--H", "1.5"], "argument --H: invalid int value: '1.5'"),
+    ("tools/export_embedding.py", ["--src", "x.ckpt"], "the following arguments are required: --format, --dst"),
+    ("tools/inspect_embedding.py", [], "the following arguments are required: FILE"),
+    ("tools/random_checkpoint.py", ["--config", "c.yaml", "--out", "o.safetensors", "--dtype", "fp8"],
+     "argument --dtype: invalid choice: 'fp8'"),
+    ("tools/convert_weight.py", ["--src", "a", "--dst", "b.ckpt", "--bogus"], "unrecognized arguments: --bogus"),
+    ("tools/make_demo_dataset.py", ["--out"], "argument --out: expected one argument"),
+    ("tools/check_mindone_interop.py", ["--work"], "argument --work: expected one argument"),
+])
+def test_every_cli_reports_a_bad_flag_in_one_line(script, args, expected, tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert "usage:" not in result.stderr and "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_help_still_works(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export_embedding.py"), "--help"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "usage:" in result.stdout and result.stderr == ""
+
+
+def test_parser_raises_usage_error_in_process():
+    p = ArgumentParser(prog="x")
+    p.add_argument("--n", type=int)
+    with pytest.raises(UsageError, match=r"^argument --n: invalid int value: 'a' \(see x --help\)$"):
+        p.parse_args(["--n", "a"])
+
+
+def test_device_and_mode_values():
+    """``--device_target`` takes CPU, GPU and Ascend in any case; ``--ms_mode`` 0 or 1."""
+    assert [device_name(v) for v in ("cpu", "CPU", " Gpu", "ascend")] == ["CPU", "CPU", "GPU", "Ascend"]
+    assert [ms_mode(v) for v in ("0", "1", 1)] == [0, 1, 1]
+    for bad in ("nonsense", "", "npu"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected one of CPU, GPU, Ascend"):
+            device_name(bad)
+    for bad in ("2", "abc", "-1", "0.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected 0"):
+            ms_mode(bad)
+
+
+def test_unusable_device_in_training_is_one_line(tmp_path):
+    """A device this MindSpore has no backend for: one error line, without MindSpore's own probe log."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train_textual_inversion.py"), "--device_target",
+                             "gpu", "--data_path", os.path.join(ROOT, "datasets", "demo_toy"), "--save_path",
+                             str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: --device_target GPU: not usable with this MindSpore"), result.stderr
+    assert os.listdir(tmp_path) == []
