@@ -9,6 +9,7 @@ The ``.ckpt`` format is MindSpore's protobuf ``Checkpoint`` (repeated ``value`` 
 tag); files written here load with ``mindspore.load_checkpoint`` and vice versa.
 """
 import json
+import math
 import mmap
 import os
 import struct
@@ -40,6 +41,57 @@ def _array(buf, offset, nbytes, dtype, shape):
     return np.frombuffer(buf, dtype, nbytes // np.dtype(dtype).itemsize, offset).reshape(shape)
 
 
+def _itemsize(dtype):
+    return 2 if dtype == "bf16" else np.dtype(dtype).itemsize
+
+
+def _natural(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def safetensors_index(header, data_start, file_size):
+    """(metadata, {key: (dtype name, shape, file offset, byte count)}) of a parsed safetensors header.
+
+    Every entry is checked: a known dtype, a shape of non-negative integers, ``data_offsets`` [begin, end]
+    with ``0 <= begin <= end``, exactly ``prod(shape) x itemsize`` bytes, inside the file, and no two
+    entries sharing bytes. Raises WeightFileError naming the tensor (the caller adds the file).
+    """
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise WeightFileError("not a safetensors file (__metadata__ is not a mapping of strings)")
+    index, spans = {}, []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        where = f"tensor {key}"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise WeightFileError(f"{where}: not a safetensors entry (expected dtype, shape and data_offsets)")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+            raise WeightFileError(f"{where}: unsupported dtype {dtype!r} (known: {', '.join(SAFETENSORS_DTYPES)})")
+        if not isinstance(shape, list) or not all(_natural(d) for d in shape):
+            raise WeightFileError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_natural(o) for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise WeightFileError(f"{where}: data_offsets {offsets!r} are not [begin, end] with 0 <= begin <= end")
+        begin, end = offsets
+        nbytes = math.prod(shape) * _itemsize(SAFETENSORS_DTYPES[dtype])
+        if end - begin != nbytes:
+            raise WeightFileError(f"{where}: shape {shape} of {dtype} needs {nbytes} bytes but its data_offsets "
+                                  f"[{begin}, {end}] hold {end - begin} (a damaged or miswritten header)")
+        if data_start + end > file_size:
+            raise WeightFileError(f"truncated ({where} ends at byte {data_start + end}, the file has {file_size})")
+        index[key] = (dtype, tuple(shape), data_start + begin, nbytes)
+        if nbytes:
+            spans.append((begin, end, key))
+    spans.sort()
+    for (_, end, first), (begin, _next_end, second) in zip(spans, spans[1:]):
+        if begin < end:
+            raise WeightFileError(f"tensors {first} and {second} overlap (data bytes {begin} to {end} belong to "
+                                  "both; a damaged or miswritten header)")
+    return metadata, index
+
+
 class _MappedFile:
     def __init__(self, path):
         if not os.path.isfile(path):
@@ -61,7 +113,11 @@ class _MappedFile:
 
 
 class SafetensorsReader(_MappedFile):
-    """Lazy reader: ``keys()``, ``shape(k)``, ``dtype(k)``, ``get(k)`` (float32 for bf16)."""
+    """Lazy reader: ``keys()``, ``shape(k)``, ``dtype(k)``, ``get(k)`` (float32 for bf16).
+
+    The header is checked whole before any tensor is handed out (:func:`safetensors_index`): every file
+    reader of the toolkit (``--weight``, conversion, embeddings, the app) goes through this one check.
+    """
 
     def __init__(self, path):
         super().__init__(path)
@@ -72,20 +128,16 @@ class SafetensorsReader(_MappedFile):
             if n > self.size - 8 or n > 100_000_000:
                 raise ValueError("header length past the end of the file")
             header = json.loads(bytes(self.buf[8:8 + n]))
-            self.metadata = header.pop("__metadata__", {}) or {}
-            self.index = {}
-            for key, info in header.items():
-                begin, end = info["data_offsets"]
-                if info["dtype"] not in SAFETENSORS_DTYPES:
-                    raise ValueError(f"unsupported dtype {info['dtype']} for {key}")
-                self.index[key] = (info["dtype"], tuple(info["shape"]), 8 + n + begin, end - begin)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            if not isinstance(header, dict):
+                raise ValueError(f"the header is a JSON {type(header).__name__}, not an object")
+        except (ValueError, UnicodeDecodeError) as e:
             self.close()
             raise WeightFileError(f"{path}: not a safetensors file ({e})") from None
-        last = max((off + nb for _, _, off, nb in self.index.values()), default=0)
-        if last > self.size:
+        try:
+            self.metadata, self.index = safetensors_index(header, 8 + n, self.size)
+        except WeightFileError as e:
             self.close()
-            raise WeightFileError(f"{path}: truncated (data ends at byte {last}, file has {self.size})")
+            raise WeightFileError(f"{path}: {e}") from None
 
     def keys(self):
         return list(self.index)
@@ -147,6 +199,14 @@ class CkptReader(_MappedFile):
         except (ValueError, IndexError, UnicodeDecodeError, TypeError) as e:
             self.close()
             raise WeightFileError(f"{path}: not a readable MindSpore checkpoint ({e})") from None
+        for tag, (dtype, shape, pieces) in self.index.items():
+            if dtype == "str":
+                continue
+            nbytes, stored = math.prod(shape) * _itemsize(CKPT_DTYPES[dtype]), sum(n for _, n in pieces)
+            if nbytes != stored:
+                self.close()
+                raise WeightFileError(f"{path}: tensor {tag}: shape {list(shape)} of {dtype} needs {nbytes} bytes "
+                                      f"but the file holds {stored} (a damaged checkpoint)")
 
     def _add_value(self, start, end):
         tag, tensor = None, None

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from conftest import ROOT, TINY_CONFIG, diffusers_unet_config, rel_err
 from test_text_encoders import hf_clip_g, hf_clip_l, tiny_params
 from test_tokenizer import write_hf_vocab
+from test_weights import damaged
 
 from gm.build import build_model
 from gm.cli import UsageError, run
@@ -295,6 +296,7 @@ def test_model_checkpoint_is_not_read_whole(work, monkeypatch):
     ("nothing", "holds no vectors"),
     ("pickle", "PyTorch pickle"),
     ("truncated", "truncated"),
+    ("header", "tensor clip_g: shape [2, 65] of F32 needs 520 bytes but its data_offsets"),
     ("folder", "a folder without learned_embeds.safetensors"),
     ("missing", "no such embedding file"),
 ])
@@ -323,6 +325,9 @@ def test_bad_files(tmp_path, case, expected):
     elif case == "truncated":
         formats.write(str(path), "<a>", good, "a1111")
         path.write_bytes(path.read_bytes()[:-16])
+    elif case == "header":
+        formats.write(str(tmp_path / "good.safetensors"), "<a>", good, "a1111")
+        damaged(str(tmp_path / "good.safetensors"), str(path), lambda h: h["clip_g"].update(shape=[2, 65]))
     elif case == "folder":
         path = tmp_path / "empty_folder"
         path.mkdir()
@@ -374,6 +379,19 @@ def test_inspect_tool(work, tmp_path, capsys):
     assert "family  SD 1.x" in out and "usable  no: " in out and "looks like an SD 1.x" in out
     assert err.strip() == f"error: {tmp_path / 'none.ckpt'}: no such embedding file or folder"
     assert "format  ours" in out
+
+
+def test_tools_report_a_damaged_header_in_one_line(tmp_path, capsys):
+    """inspect and export read through the same checked reader: one error line naming the file and tensor."""
+    good, bad = str(tmp_path / "good.safetensors"), str(tmp_path / "bad.safetensors")
+    formats.write(good, TOKEN, random_rows(1, 2), "a1111")
+    damaged(good, bad, lambda h: h["clip_l"].update(data_offsets=[-8, h["clip_l"]["data_offsets"][1] - 8]))
+    for name, args in (("inspect_embedding.py", [bad]),
+                       ("export_embedding.py", ["--src", bad, "--format", "ours", "--dst", str(tmp_path / "o_ti.ckpt")])):
+        code, out, err = run_tool(capsys, name, *args)
+        assert code == 1 and out == "" and err.count("\n") == 1, err
+        assert err.startswith(f"error: {bad}: tensor clip_l: data_offsets [-8, ") and "Traceback" not in err
+    assert sorted(os.listdir(tmp_path)) == ["bad.safetensors", "good.safetensors"]
 
 
 @pytest.mark.parametrize("args,expected", [

@@ -13,6 +13,7 @@ from conftest import ROOT
 from gm.random_weights import write_random_checkpoint
 from gm.textual_inversion.embeddings import save_ti
 from gm.weight_files import write_ckpt, write_safetensors
+from test_weights import damaged
 
 SCRIPT = os.path.join(ROOT, "demo", "sampling_without_streamlit.py")
 TRAIN_CONFIG = "configs/training/sd_xl_tiny_finetune_textual_inversion.yaml"  # train.resolution 64
@@ -114,9 +115,16 @@ def bad_files(work):
     with open(paths["pickle"], "wb") as f:
         f.write(b"PK\x03\x04 not really")
     (work / "notimage.png").write_text("no")
+    from gm.textual_inversion import formats
+    formats.write(str(folder / "whole.safetensors"), "<whole>", ti_rows(0, 2), "a1111")
+    paths["damaged"] = damaged(str(folder / "whole.safetensors"), str(folder / "damaged.safetensors"),
+                               lambda h: h["clip_l"].update(data_offsets=[-8, h["clip_l"]["data_offsets"][1] - 8]))
+    paths["damaged_weight"] = damaged(str(work / "checkpoints" / "tiny.safetensors"), str(folder / "w.safetensors"),
+                                      lambda h: h[UNET_KEY].update(shape=[2] + h[UNET_KEY]["shape"]))
     return paths
 
 
+UNET_KEY = "model.diffusion_model.out.2.bias"
 BASE = ["--config", TRAIN_CONFIG, "--weight", "checkpoints/tiny.safetensors", "--ms_mode", "1"]
 CAT = "runs/cat_toy/SD-XL-tiny_3000_ti.ckpt"
 ERRORS = {
@@ -136,6 +144,10 @@ ERRORS = {
     "weight": (["--weight", "checkpoints/none.ckpt"], "--weight checkpoints/none.ckpt: no such file"),
     "config": (["--config", "configs/none.yaml"], "configs/none.yaml: no such config file"),
     "steps": (["--sample_step", "0"], "--sample_step 0: must be at least 1"),
+    "damaged_header": (["--textual_inversion_weight", "{damaged}"], "damaged.safetensors: tensor clip_l: data_offsets "
+                                                                     "[-8, 248] are not [begin, end]"),
+    "damaged_weight": (["--weight", "{damaged_weight}"], f"w.safetensors: tensor {UNET_KEY}: shape [2, 4] of F32 "
+                                                         "needs 32 bytes but its data_offsets"),
 }
 
 

@@ -1,4 +1,5 @@
 """Weight files: random official-layout checkpoints, conversion to .ckpt, loading, and bad input."""
+import json
 import os
 import subprocess
 import sys
@@ -235,3 +236,87 @@ def test_no_tool_writes_over_its_input(case, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert kept.read_bytes() == before and sorted(os.listdir(tmp_path)) == files
+
+
+def damaged(src, dst, edit):
+    """Copy the safetensors file ``src`` to ``dst`` with its JSON header changed by ``edit(header)``."""
+    data = open(src, "rb").read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header = edit(header) or header
+    blob = json.dumps(header).encode()
+    with open(dst, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little") + blob + data[8 + n:])
+    return dst
+
+
+def entry(key, **changes):
+    return lambda header: header[key].update(changes)
+
+
+# a: F32 [2, 3] at data bytes [0, 24]; b: F32 [4] at [24, 40]
+HEADER_CASES = {
+    "shape": (entry("a", shape=[3, 3]), "tensor a: shape [3, 3] of F32 needs 36 bytes but its data_offsets [0, 24] "
+                                        "hold 24"),
+    "negative_offset": (entry("b", data_offsets=[-8, 8]), "tensor b: data_offsets [-8, 8] are not [begin, end]"),
+    "reversed": (entry("b", data_offsets=[40, 24]), "tensor b: data_offsets [40, 24] are not [begin, end]"),
+    "past_end": (entry("b", shape=[8], data_offsets=[24, 56]), "truncated (tensor b ends at byte"),
+    "overlap": (entry("b", data_offsets=[16, 32]), "tensors a and b overlap"),
+    "dtype": (entry("a", dtype="F8"), "tensor a: unsupported dtype 'F8'"),
+    "shape_values": (entry("a", shape=[2, -3]), "tensor a: shape [2, -3] is not a list of non-negative integers"),
+    "not_entry": (lambda h: h.update(a=5), "tensor a: not a safetensors entry"),
+    "metadata": (lambda h: h.update(__metadata__=["x"]), "__metadata__ is not a mapping of strings"),
+    "not_object": (lambda h: [h], "the header is a JSON list, not an object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_CASES))
+def test_every_safetensors_header_entry_is_checked(case, tmp_path):
+    """The one safetensors reader refuses a header that does not describe its bytes: WeightFileError naming
+    the file and the tensor, before any tensor is read."""
+    from gm.weight_files import WeightFileError, write_safetensors
+
+    good = str(tmp_path / "good.safetensors")
+    values = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.arange(4, dtype=np.float32)}
+    write_safetensors(good, [(k, v.shape, v.dtype, lambda v=v: v) for k, v in values.items()])
+    with open_weights(good) as reader:
+        np.testing.assert_array_equal(reader.get("b"), values["b"])
+    edit, expected = HEADER_CASES[case]
+    bad = damaged(good, str(tmp_path / "bad.safetensors"), edit)
+    with pytest.raises(WeightFileError) as e:
+        with open_weights(bad):
+            pass
+    assert str(e.value).startswith(f"{bad}: ") and expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_damaged_header_is_one_line_in_convert_and_build(tiny_file, tmp_path):
+    """A model file whose header gives a tensor a shape its bytes do not hold: one line from the converter
+    (nothing written) and a WeightFileError from build_model (what --weight, sampling and the app use)."""
+    from gm.weight_files import WeightFileError
+
+    key = "model.diffusion_model.out.2.weight"
+    bad = damaged(tiny_file, str(tmp_path / "bad.safetensors"),
+                  lambda h: h[key].update(shape=[h[key]["shape"][0] + 1] + h[key]["shape"][1:]))
+    result = tool("convert_weight.py", "--src", bad, "--dst", str(tmp_path / "out.ckpt"), "--config", TINY_CONFIG)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {bad}: tensor {key}: shape [") and "needs" in line, result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["bad.safetensors"]
+    with pytest.raises(WeightFileError, match=f"tensor {key}: shape"):
+        build_model(TINY_CONFIG, bad)
+
+
+def test_damaged_ckpt_tensor_is_refused(tmp_path):
+    """The .ckpt reader checks each tensor's shape against the bytes stored for it too."""
+    from gm.weight_files import WeightFileError, write_ckpt
+
+    path = str(tmp_path / "x.ckpt")
+    write_ckpt(path, [("a", np.ones((2, 3), np.float32)), ("token", "<a>")])
+    data = open(path, "rb").read()
+    dims = b"\x08\x02\x08\x03"  # tensor dims 2, 3 (field 1, varint)
+    assert data.count(dims) == 1
+    open(path, "wb").write(data.replace(dims, b"\x08\x02\x08\x04"))
+    with pytest.raises(WeightFileError, match=r"x.ckpt: tensor a: shape \[2, 4\] of Float32 needs 32 bytes but "
+                                              r"the file holds 24"):
+        with open_weights(path):
+            pass
