@@ -112,14 +112,18 @@ def read_prompts(prompt):
 
 
 def check_embeddings(paths):
-    """Each file readable as a learned word and every word distinct; {token: path}."""
+    """Each file readable as a learned word and no token in two files (``<a>`` with 3 vectors holds
+    ``<a> <a>_1 <a>_2``); {token: path}."""
     from gm.textual_inversion.embeddings import load_ti
+    from gm.textual_inversion.words import placeholder_tokens
 
-    tokens = {}
+    tokens, owners = {}, {}
     for path in paths:
-        token, _ = load_ti(path)
-        if token in tokens:
-            raise UsageError(f"--textual_inversion_weight: {tokens[token]} and {path} both hold {token}")
+        token, rows = load_ti(path)
+        for t in placeholder_tokens(token, rows[0].shape[0]):
+            if t in owners:
+                raise UsageError(f"--textual_inversion_weight: {owners[t]} and {path} both hold {t}")
+            owners[t] = path
         tokens[token] = path
     return tokens
 

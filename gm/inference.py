@@ -7,7 +7,7 @@ from mindspore import Tensor, nn, ops
 
 from gm.cli import DEVICES, UsageError
 from gm.modules.diffusionmodules.openaimodel import Downsample
-from gm.textual_inversion.dataset import placeholder_tokens
+from gm.textual_inversion.words import placeholder_tokens
 from gm.textual_inversion.embeddings import add_concept, expand_prompt, load_ti
 
 LATENT_CHANNELS = 4
@@ -192,12 +192,7 @@ class Sampler:
                                  f"{num_vectors} (restart to swap it)")
             self._set_rows(token, rows)
             return
-        tokenizer = self.engine.conditioner.text_embedders[0].tokenizer
-        for t in placeholder_tokens(token, num_vectors):
-            if t in tokenizer.vocab.ids:
-                raise UsageError(f"{source}: its token {t!r} is already a word of the vocabulary; a learned word "
-                                 "needs a new token such as <my-concept>")
-        add_concept(self.engine.conditioner, token, num_vectors, rows=rows)
+        add_concept(self.engine.conditioner, token, num_vectors, rows=rows, name=f"{source}: its token")
         self._embed = _Embed(self.engine.conditioner)
 
     def _set_rows(self, token, rows):

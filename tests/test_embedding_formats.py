@@ -349,14 +349,48 @@ def test_token_already_in_vocabulary(work, tmp_path):
     engine = build_model(TINY_CONFIG, work["weights"])
     path = str(tmp_path / "cat.safetensors")
     formats.write(path, "<cat>", random_rows(2, 1), "a1111")
-    token, rows = load_ti(path, WIDTHS)
-    with pytest.raises(UsageError, match="'cat' is already a word of the vocabulary"):
+    with pytest.raises(WeightFileError, match="its token 'cat' is already a word of the vocabulary.*its file name"):
+        load_ti(path, WIDTHS)
+    token, rows = load_ti(path, WIDTHS, need_word=False)  # the vectors, to use under another word
+    with pytest.raises(UsageError, match="--placeholder_token 'cat' is already a word of the vocabulary"):
         add_concept(engine.conditioner, token, 1, rows=rows)
     token, rows = load_ti(work["source"], WIDTHS)
     add_concept(engine.conditioner, token, 3, rows=rows)
     token, rows = load_ti(work["diffusers"], WIDTHS)
-    with pytest.raises(UsageError, match=f"'{TOKEN}' is already a word"):
+    with pytest.raises(UsageError, match=f"'{TOKEN}' is a token of another learned word already in the model"):
         add_concept(engine.conditioner, token, 3, rows=rows)
+
+
+@pytest.mark.parametrize("word", ["cat", "Dog", "a b", "x{}", "<toy>\t"])
+def test_one_rule_for_a_learned_word(word, tmp_path, capsys):
+    """The trainer, export, inspect and sampling refuse a word by the same rule (gm.textual_inversion.words),
+    each naming where the word came from; "a b" would otherwise also match inside "a bird on a branch"."""
+    from gm.textual_inversion.dataset import check_concept
+    from gm.textual_inversion.words import word_problem
+
+    problem = word_problem(word)
+    assert problem
+    with pytest.raises(UsageError) as e:  # the trainer's check of --placeholder_token and --concepts entries
+        check_concept(word, 1, "object")
+    assert str(e.value).startswith(f"--placeholder_token {word!r} {problem}")
+    path = str(tmp_path / "w_ti.ckpt")
+    write_ckpt(path, [("clip_l", np.ones((1, 32), np.float32)), ("clip_g", np.ones((1, 64), np.float32)),
+                      ("placeholder_token", word), ("num_vectors", np.asarray(1, np.int64))])
+    with pytest.raises(WeightFileError) as e:  # sampling (CLI and app) reads embeddings through load_ti
+        load_ti(path, WIDTHS)
+    assert str(e.value).startswith(f"{path}: its token {word!r} {problem}")
+    code, out, _ = run_tool(capsys, "inspect_embedding.py", path)
+    assert code == 1 and f"usable  no: {path}: its token {word!r} {problem}" in out
+    code, _, err = run_tool(capsys, "export_embedding.py", "--src", path, "--format", "ours", "--dst",
+                            str(tmp_path / "o_ti.ckpt"))
+    assert code == 1 and err.startswith(f"error: --src {path}: its token {word!r} {problem}") and "--token" in err
+    code, _, err = run_tool(capsys, "export_embedding.py", "--src", path, "--format", "ours", "--dst",
+                            str(tmp_path / "o_ti.ckpt"), "--token", word)
+    assert code == 1 and err.startswith(f"error: --token {word!r} {problem}")
+    code, _, err = run_tool(capsys, "export_embedding.py", "--src", path, "--format", "ours", "--dst",
+                            str(tmp_path / "o_ti.ckpt"), "--token", "<w>")
+    assert code == 0, err  # the same vectors under a valid word
+    assert load_ti(str(tmp_path / "o_ti.ckpt"))[0] == "<w>"
 
 
 def test_inspect_tool(work, tmp_path, capsys):
@@ -399,7 +433,11 @@ def test_tools_report_a_damaged_header_in_one_line(tmp_path, capsys):
     (["--format", "ours", "--dst", "x.safetensors"], "a ours file ends with .ckpt"),
     (["--format", "diffusers", "--dst", "x.safetensors"], "diffusers' layout is a folder"),
     (["--format", "a1111", "--dst", "x.safetensors", "--token", "<y>"], "an a1111 file's word is its file name"),
-    (["--format", "a1111", "--dst", "out/", "--token", " "], "a word must be non-empty"),
+    (["--format", "a1111", "--dst", "out/", "--token", " "], "--token ' ' is empty"),
+    (["--format", "ours", "--dst", "out/", "--token", "cat"], "--token 'cat' is already a word of the vocabulary"),
+    (["--format", "ours", "--dst", "out/", "--token", "a b"], "--token 'a b' contains white space"),
+    (["--format", "a1111", "--dst", "out/", "--token", "<dog>"],
+     "--dst out/dog.safetensors: its word 'dog' is already a word of the vocabulary"),
 ])
 def test_export_tool_errors(work, tmp_path, capsys, monkeypatch, args, expected):
     monkeypatch.chdir(tmp_path)

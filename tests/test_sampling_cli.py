@@ -112,6 +112,8 @@ def bad_files(work):
     save_ti(paths["sdxl_real"], "<real>", ti_rows(0, 1, (768, 1280)))
     save_ti(paths["word"], "cat", ti_rows(0, 1))
     save_ti(paths["cat_again"], "<cat-toy>", ti_rows(5, 2))
+    paths["cat_toy_1"] = str(folder / "cat_toy_1_ti.ckpt")
+    save_ti(paths["cat_toy_1"], "<cat-toy>_1", ti_rows(6, 1))
     with open(paths["pickle"], "wb") as f:
         f.write(b"PK\x03\x04 not really")
     (work / "notimage.png").write_text("no")
@@ -135,6 +137,7 @@ ERRORS = {
     "width": (["--textual_inversion_weight", "{sdxl_real}"], "clip_l vectors are 768 wide but the model's encoder"),
     "word": (["--textual_inversion_weight", "{word}"], "its token 'cat' is already a word of the vocabulary"),
     "same_token": (["--textual_inversion_weight", CAT, "{cat_again}"], "both hold <cat-toy>"),
+    "expanded_token": (["--textual_inversion_weight", CAT, "{cat_toy_1}"], "cat_toy_1_ti.ckpt both hold <cat-toy>_1"),
     "H": (["--H", "100"], "--H 100: must be a positive multiple of 8"),
     "W_model": (["--W", "40"], "--W 40: this model needs a multiple of 32"),
     "no_img": (["--task", "img2img"], "--img: required with --task img2img"),

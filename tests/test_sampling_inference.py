@@ -13,6 +13,7 @@ from gm.inference import Sampler, condition_batch, strength_sigmas, to_uint8
 from gm.modules.diffusionmodules.sampling import EulerEDMSampler, make_sampler
 from gm.random_weights import write_random_checkpoint
 from gm.textual_inversion.embeddings import concept_rows, save_ti
+from gm.weight_files import WeightFileError
 
 WIDTHS = (32, 64)  # the tiny config's two text encoders
 
@@ -85,9 +86,13 @@ def test_learned_words_after_a_compiled_call(ms_mode, files):
 
 def test_concept_errors(pynative, engine, files):
     sampler = Sampler(engine)
-    with pytest.raises(UsageError, match="'cat' is already a word of the vocabulary") as e:
+    with pytest.raises(WeightFileError, match="its token 'cat' is already a word of the vocabulary") as e:
         sampler.load_concept(files["word"])
     assert files["word"] in str(e.value)
+    rows = [np.ones((1, 32), np.float32), np.ones((1, 64), np.float32)]
+    for word, problem in (("a b", "contains white space"), ("Cat", "is the vocabulary word 'cat' in other case")):
+        with pytest.raises(UsageError, match=f"rows: its token '{word}' {problem}"):
+            sampler.add_concept(word, rows, "rows")
     sampler.load_concept(files["cat"])
     with pytest.raises(UsageError, match="loaded already with 2 vectors; this file has 3"):
         sampler.load_concept(files["cat_3"])

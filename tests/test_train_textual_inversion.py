@@ -408,6 +408,30 @@ def test_a_concepts_file_of_another_shape_says_what_was_expected(text, expected,
     assert "Traceback" not in err and not save.exists()
 
 
+@pytest.mark.parametrize("extra,expected", [
+    (["--placeholder_token", "a b"], "--placeholder_token 'a b' contains white space"),
+    (["--placeholder_token", "Toy"], "--placeholder_token 'Toy' is the vocabulary word 'toy' in other case"),
+    (["--placeholder_token", "<x>", "--num_vectors", "2", "--initializer_token", "cat"], None),
+    (["--concepts", "{clash}"], "concept 2: placeholder_token '<a>_1': its token '<a>_1' is also a token of '<a>' (with 3 vectors"),
+], ids=["space", "case", "fine", "clash"])
+def test_the_placeholder_is_a_learned_word(extra, expected, weights, tmp_path, capsys, keep_mode):
+    """--placeholder_token and --concepts words follow the one rule of gm.textual_inversion.words, and no two
+    concepts share a token (<a> with 3 vectors is <a> <a>_1 <a>_2)."""
+    clash = tmp_path / "clash.yaml"
+    clash.write_text(f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}, num_vectors: 3}}\n"
+                     f"  - {{placeholder_token: '<a>_1', data_path: {DEMO_TOY}}}\n")
+    save = tmp_path / "run"
+    args = quick(weights, str(save), "--total_step", "1", *[a.format(clash=clash) for a in extra])
+    if expected is None:  # a valid word: the run goes to its end
+        args += ["--resolution", "64"]
+        code, out, err = train_here(capsys, *args)
+        assert code == 0 and "<x> x 2 vectors (init: cat)" in out, err[-2000:]
+        return
+    code, _, err = train_here(capsys, *args)
+    assert code == 1 and expected in error_line(err), err[-2000:]
+    assert not save.exists()
+
+
 @pytest.mark.parametrize("case", ["weight_inside", "data_path"])
 def test_save_path_never_holds_an_input(case, weights, tmp_path, capsys, keep_mode):
     """--save_path may not be, or contain, a file or folder the run reads."""

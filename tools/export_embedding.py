@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from gm.cli import ArgumentParser, UsageError, check_outputs, run  # noqa: E402
 from gm.textual_inversion import formats  # noqa: E402
+from gm.textual_inversion.words import check_word  # noqa: E402
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 EXTENSIONS = {"a1111": ".safetensors", "ours": ".ckpt", "mindone": ".ckpt"}
@@ -70,11 +71,17 @@ def destination(args, token):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    found = formats.read(args.src)
+    found = formats.read(args.src, need_word=False)
+    count = found.rows[0].shape[0]
+    if args.token is not None:
+        check_word("--token", args.token, count)
+    else:
+        check_word(f"--src {args.src}: its token", found.token, count, hint="give the vectors a new word with --token")
     token = args.token if args.token is not None else found.token
-    if not token or token != token.strip():
-        raise UsageError(f"--token {token!r}: a word must be non-empty, without surrounding spaces")
     dst, word = destination(args, token)
+    if word != token:
+        check_word(f"--dst {dst}: its word", word, count,
+                   hint="an a1111 file's word is its file name; choose another --token or --dst name")
     check_outputs([("--dst", dst)], [("--src", args.src)], "folder" if args.format == "diffusers" else "file")
     paths = formats.write(dst, token, found.rows, args.format, DTYPES[args.dtype])
     shapes = ", ".join(f"{key} {list(r.shape)}" for key, r in zip(formats.ENCODER_KEYS, found.rows))

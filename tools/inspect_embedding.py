@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from gm.cli import ArgumentParser, run  # noqa: E402
 from gm.textual_inversion import formats  # noqa: E402
-from gm.textual_inversion.dataset import placeholder_tokens  # noqa: E402
+from gm.textual_inversion.words import placeholder_tokens  # noqa: E402
 from gm.weight_files import WeightFileError  # noqa: E402
 
 MAX_NORMS = 8

@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from gm.cli import UsageError, check_value
 from gm.textual_inversion.templates import check_property, load_templates
+from gm.textual_inversion.words import check_word, placeholder_tokens
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 RANDOM_CROPS = 4
@@ -34,11 +35,6 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 # Separate random streams, so that e.g. the number of templates never changes the crop offsets.
 _CROP_STREAM, _EPOCH_STREAM, _SAMPLE_STREAM = 0, 1, 2
-
-
-def placeholder_tokens(placeholder_token, num_vectors):
-    """``[tok, tok_1, ..., tok_{N-1}]``: the tokens the placeholder expands to."""
-    return [placeholder_token] + [f"{placeholder_token}_{i}" for i in range(1, num_vectors)]
 
 
 def to_rgb(image):
@@ -168,13 +164,11 @@ class View:
 
 
 def check_concept(placeholder_token, num_vectors, learnable_property, name="--{}".format):
-    """UsageError unless the token is one word (no spaces, no ``{}``), ``num_vectors`` at least 1 and
-    the property known; ``name(key)`` is how the error names a value (default: its flag)."""
-    if not isinstance(placeholder_token, str) or not placeholder_token or placeholder_token.split() != [
-            placeholder_token] or "{}" in placeholder_token:
-        raise UsageError(f"{name('placeholder_token')} {placeholder_token!r}: expected one word without spaces "
-                         "or {}, e.g. <cat-toy>")
+    """UsageError unless ``num_vectors`` is a count, the token may be a learned word with that many vectors
+    (:func:`gm.textual_inversion.words.check_word`) and the property is known; ``name(key)`` is how the
+    error names a value (default: its flag)."""
     check_value(name("num_vectors"), num_vectors, "count")
+    check_word(name("placeholder_token"), placeholder_token, num_vectors)
     check_property(learnable_property, name("learnable_property"))
 
 

@@ -12,9 +12,9 @@ import re
 
 import numpy as np
 
-from gm.cli import UsageError
+from gm.cli import UsageError, check_value
 from gm.textual_inversion import formats
-from gm.textual_inversion.dataset import placeholder_tokens
+from gm.textual_inversion.words import check_word, placeholder_tokens
 from gm.weight_files import WeightFileError, write_ckpt
 
 ENCODER_KEYS = ("clip_l", "clip_g")
@@ -41,22 +41,25 @@ def initial_rows(embedder, num_vectors, initializer_token, rng):
     return (table.mean(0) + rng.standard_normal((num_vectors, table.shape[1])) * table.std(0)).astype(np.float32)
 
 
-def add_concept(conditioner, token, num_vectors, rows=None, initializer_token=None, seed=0):
+def add_concept(conditioner, token, num_vectors, rows=None, initializer_token=None, seed=0,
+                name="--placeholder_token"):
     """Add a concept's tokens to every text encoder; returns the new trainable parameters.
 
     ``rows`` (one [N, D] array per encoder) gives their values; otherwise they are initialised
-    from ``initializer_token`` or randomly.
+    from ``initializer_token`` or randomly. The token must be a learned word
+    (:func:`gm.textual_inversion.words.check_word`) whose tokens no other learned word in the model uses;
+    errors name it as ``name``.
     """
-    if num_vectors < 1:
-        raise UsageError(f"--num_vectors {num_vectors}: must be at least 1")
+    check_value("--num_vectors", num_vectors, "count")
+    check_word(name, token, num_vectors)
     tokens = placeholder_tokens(token, num_vectors)
     rng = np.random.default_rng(seed)
     params = []
     for index, embedder in enumerate(conditioner.text_embedders):
         taken = [t for t in tokens if _is_known(embedder.tokenizer, t)]
         if taken:
-            raise UsageError(f"--placeholder_token {token!r}: {taken[0]!r} is already a word of the "
-                             "vocabulary; choose another token, e.g. <my-concept>")
+            raise UsageError(f"{name} {token!r}: {taken[0]!r} is a token of another learned word already in the "
+                             "model; choose another word")
         values = initial_rows(embedder, num_vectors, initializer_token, rng) if rows is None else rows[index]
         embedder.add_tokens(tokens, values, f"conditioner.text_embedders.{index}.{_safe(token)}")
         params.append(embedder.embedding.extra)
@@ -91,11 +94,12 @@ def save_ti(path, token, rows):
     write_ckpt(path, items)
 
 
-def load_ti(path, encoder_widths=None):
+def load_ti(path, encoder_widths=None, need_word=True):
     """Read a learned word from an embedding file in any format of :mod:`gm.textual_inversion.formats`
     (ours, A1111/ComfyUI/kohya, diffusers, mindone): (token, [rows per encoder]); checks widths
-    against ``encoder_widths``. Raises WeightFileError with a one-line message naming the file."""
-    found = formats.read(path)
+    against ``encoder_widths`` and, if ``need_word``, that the token may be a learned word. Raises
+    WeightFileError with a one-line message naming the file."""
+    found = formats.read(path, need_word)
     if encoder_widths is not None:
         for key, r, width in zip(ENCODER_KEYS, found.rows, encoder_widths):
             if r.shape[1] != width:

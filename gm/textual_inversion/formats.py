@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gm.textual_inversion.words import RULE, word_problem
 from gm.weight_files import READERS, WeightFileError, open_weights, write_ckpt, write_safetensors
 
 ENCODER_KEYS = ("clip_l", "clip_g")
@@ -63,7 +64,7 @@ class EmbeddingFile:
     """What an embedding file (or diffusers folder) holds.
 
     ``token`` and ``rows`` (one float32 [N, D] array per SDXL encoder) are set when it is usable
-    here; otherwise ``problem`` says why not. ``tensors`` are the stored vectors, by encoder
+    here; otherwise ``problem`` says why not (with ``rows`` set when only the token is not a valid word). ``tensors`` are the stored vectors, by encoder
     (``clip_l``/``clip_g``) when the format is known, else by stored name.
     """
     path: str
@@ -110,11 +111,15 @@ def describe(path):
     return found
 
 
-def read(path):
+def read(path, need_word=True):
     """The usable :class:`EmbeddingFile` at ``path``; :class:`WeightFileError` (one line naming the
-    file and, for another model's file, the model family it looks made for) otherwise."""
+    file and, for another model's file, the model family it looks made for) otherwise.
+
+    The file's token must be a learned word (:mod:`gm.textual_inversion.words`) unless ``need_word`` is
+    False (its vectors are used under another word: exporting with a new ``--token``, initialising).
+    """
     found = describe(path)
-    if found.problem:
+    if found.rows is None or (need_word and found.problem):
         raise WeightFileError(found.problem)
     return found
 
@@ -208,8 +213,13 @@ def _usable(path, fmt, token, stored, num_vectors=None):
         found.problem = f"{path}: num_vectors is {num_vectors} but the file holds {rows[0].shape[0]} vectors"
     if not found.problem and not token:
         found.problem = f"{path}: the file names no token (empty placeholder_token)"
-    if not found.problem:
-        found.rows = rows
+    if found.problem:
+        return found
+    found.rows = rows
+    problem = word_problem(token, rows[0].shape[0])
+    if problem:
+        hint = " (an a1111 file's word is its file name: rename the file)" if fmt == "a1111" else ""
+        found.problem = f"{path}: its token {token!r} {problem}; a learned word is {RULE}{hint}"
     return found
 
 

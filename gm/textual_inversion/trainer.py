@@ -24,6 +24,7 @@ from gm.modules.diffusionmodules.sampling import make_sampler
 from gm.parallel import SingleProcess
 from gm.random_weights import write_random_checkpoint
 from gm.textual_inversion.dataset import TIDataset, check_concept
+from gm.textual_inversion.words import placeholder_tokens
 from gm.textual_inversion.embeddings import add_concept, concept_rows, load_ti, save_ti
 from gm.textual_inversion.outputs import RunOutputs, check_save_path, clear_run, run_files
 from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr, learning_rate
@@ -164,9 +165,16 @@ def check_settings(s):
         raise UsageError("--data_path: required (a folder of images), or use --demo True")
     for c in s.concepts:
         check_concept(c.placeholder_token, c.num_vectors, c.learnable_property, c.label)
-    tokens = [c.placeholder_token for c in s.concepts]
-    if len(set(tokens)) != len(tokens):
-        raise UsageError(f"--concepts: each concept needs its own placeholder_token (got {tokens})")
+    owner = {}
+    for c in s.concepts:
+        for token in placeholder_tokens(c.placeholder_token, c.num_vectors):
+            if token in owner:
+                other = owner[token]
+                raise UsageError(f"{c.label('placeholder_token')} {c.placeholder_token!r}: its token {token!r} is "
+                                 f"also a token of {other.placeholder_token!r} (with {other.num_vectors} vectors: "
+                                 f"{' '.join(placeholder_tokens(other.placeholder_token, other.num_vectors))}); "
+                                 "each concept needs its own word")
+            owner[token] = c
 
 
 def diverged(step, what):
@@ -228,7 +236,7 @@ class Trainer:
         """Rows from ``initializer_file`` (an embedding of this word to keep training), else None."""
         if not concept.initializer_file:
             return None
-        token, rows = load_ti(concept.initializer_file, widths)
+        token, rows = load_ti(concept.initializer_file, widths, need_word=False)  # its vectors, under our word
         if rows[0].shape[0] != concept.num_vectors:
             raise UsageError(f"{concept.label('initializer_file')} {concept.initializer_file}: has "
                              f"{rows[0].shape[0]} vectors ({token}), but {concept.label('num_vectors')} is "

@@ -1,0 +1,55 @@
+"""What a learned word (a placeholder token) may be: the one rule the trainer, the export and inspect tools
+and sampling apply.
+
+A learned word is added to both CLIP tokenizers as a whole string that is matched wherever it appears in a
+prompt, before the prompt is lower-cased and split into words. So it must be
+
+- one word: no white space (``"a b"`` would also take over ``"a bird on a branch"``) and printable;
+- free of ``{}``, which marks the word's place in prompt templates and captions;
+- new: neither it nor one of the tokens it expands to (``<tok>_1`` ... for several vectors) may be a token
+  of the CLIP vocabulary, in any case (``cat``, ``Cat`` and ``cat</w>`` would replace, or be read as, the
+  ordinary word).
+
+Brackets as in ``<cat-toy>`` are the usual way to get a word that cannot clash with ordinary text.
+"""
+from gm.cli import UsageError
+
+RULE = "one word without spaces or {}, not in the CLIP vocabulary in any case, e.g. <cat-toy>"
+
+
+def placeholder_tokens(placeholder_token, num_vectors):
+    """``[tok, tok_1, ..., tok_{N-1}]``: the tokens the placeholder expands to."""
+    return [placeholder_token] + [f"{placeholder_token}_{i}" for i in range(1, num_vectors)]
+
+
+def word_problem(word, num_vectors=1):
+    """Why ``word`` cannot be a learned word with ``num_vectors`` vectors, phrased to follow the word
+    (``"'cat' is already a word of the vocabulary"``), or None if it can."""
+    from gm.modules.encoders.tokenizer import load_vocab
+
+    if not isinstance(word, str):
+        return f"is a {type(word).__name__}, not a word"
+    if not word.strip():
+        return "is empty"
+    if word.split() != [word]:
+        return "contains white space (a learned word is one word; it is matched wherever it appears in a prompt)"
+    if not word.isprintable():
+        return "contains control characters"
+    if "{}" in word:
+        return "contains {}, which marks the word's place in prompt templates and captions"
+    vocabulary = load_vocab().ids
+    for token in placeholder_tokens(word, max(int(num_vectors), 1)):
+        known = next((t for t in (token, token.lower()) if t in vocabulary), None)
+        if known is None:
+            continue
+        what = "is" if token == word else f"expands to {token!r}, which is"
+        return (f"{what} already a word of the vocabulary" if known == token
+                else f"{what} the vocabulary word {known!r} in other case (prompts are read in lower case)")
+    return None
+
+
+def check_word(name, word, num_vectors=1, hint=None):
+    """UsageError ``"{name} {word!r} {problem}; a learned word is ..."`` unless ``word`` may be a learned word."""
+    problem = word_problem(word, num_vectors)
+    if problem:
+        raise UsageError(f"{name} {word!r} {problem}; a learned word is {RULE}" + (f" ({hint})" if hint else ""))
