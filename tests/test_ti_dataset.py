@@ -372,6 +372,42 @@ def test_caption_errors(tmp_path, text, expected):
     assert "img_1.txt" in str(err.value) and expected in str(err.value)
 
 
+# ---------------------------------------------------------------- vectors that fit the prompt
+
+def test_num_vectors_is_bounded_by_the_longest_prompt(tmp_path):
+    """A word of N vectors is N tokens of CLIP's 75 (77 minus start and end): N is bounded by the longest
+    template or caption, so no vector is cut off (and silently left untrained)."""
+    from gm.textual_inversion.words import other_tokens
+
+    longest = max(TEMPLATES["object"], key=other_tokens)
+    limit = 75 - other_tokens(longest)
+    assert (longest, limit) == ("a close-up photo of a {}", 68)
+    folder = make_folder(tmp_path, [(16, 16)])
+    assert len(TIDataset(folder, TOKEN, limit, "object", 16).placeholder_tokens) == limit
+    for n in (limit + 1, 80, 100000):
+        with pytest.raises(UsageError) as err:
+            TIDataset(folder, TOKEN, n, "object", 16)
+        assert str(err.value).startswith(f"--num_vectors {n}: at most {limit} vectors fit (CLIP reads 77 tokens, "
+                                         f"2 of them its start and end markers, and the template {longest!r} takes 7")
+    with open(os.path.join(folder, "img_0.txt"), "w") as f:
+        f.write("a {} and " + "word " * 60 + "\n")  # 62 other tokens: 13 vectors fit
+    with pytest.raises(UsageError, match=r"--num_vectors 14: at most 13 vectors fit .* the caption 'a \{\} and "
+                                         r"word .*' of .*img_0.png takes 62 more"):
+        TIDataset(folder, TOKEN, 14, "object", 16)
+    with open(os.path.join(folder, "img_0.txt"), "w") as f:
+        f.write("{} " + "word " * 75 + "\n")
+    with pytest.raises(UsageError, match=r"--num_vectors 1: the caption .* is 75 tokens long without the word, so "
+                                         "the word does not fit"):
+        TIDataset(folder, TOKEN, 1, "object", 16)
+    os.remove(os.path.join(folder, "img_0.txt"))
+    tf = tmp_path / "t.txt"
+    tf.write_text("{} and {}\n")  # the word twice: 2 N tokens
+    TIDataset(folder, TOKEN, 37, "object", 16, template_file=str(tf))
+    with pytest.raises(UsageError, match=f"at most 37 vectors fit .* the template '{{}} and {{}}' of "
+                                         f"--template_file {tf} takes 1 more"):
+        TIDataset(folder, TOKEN, 38, "object", 16, template_file=str(tf))
+
+
 # ---------------------------------------------------------------- demo data
 
 @pytest.mark.parametrize("kind", ["toy", "style"])

@@ -358,7 +358,8 @@ def test_a_used_save_path_is_refused_unless_overwritten(weights, finished_run, t
 @pytest.mark.parametrize("case", ["max_num_ckpt", "max_num_ckpt_negative", "infer_interval", "learning_rate",
                                   "learning_rate_nan", "max_grad_norm", "lr_warmup_steps", "flip_p", "repeats",
                                   "total_step", "train_batch_size", "gradient_accumulation_steps",
-                                  "save_ckpt_interval", "infer_prompt", "config_key", "concepts_key"])
+                                  "save_ckpt_interval", "infer_prompt", "config_key", "concepts_key", "num_vectors",
+                                  "num_vectors_prompt", "concepts_num_vectors"])
 def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weights, tmp_path, capsys, keep_mode):
     """Every count, interval and rate is checked before the model is built; the error names the flag,
     or the config file or --concepts file and key the value came from."""
@@ -380,7 +381,15 @@ def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weigh
         "config_key": (["--config", str(tmp_path / "bad.yaml")], f"{tmp_path / 'bad.yaml'}: train.max_num_ckpt 0"),
         "concepts_key": (["--concepts", str(tmp_path / "concepts.yaml")],
                          f"--concepts {tmp_path / 'concepts.yaml'}: concept 2: num_vectors 0"),
+        "num_vectors": (["--num_vectors", "100000"], "--num_vectors 100000: at most 68 vectors fit (CLIP reads 77 "
+                                                     "tokens, 2 of them its start and end markers, and the template"),
+        "num_vectors_prompt": (["--num_vectors", "40", "--infer_during_train", "True", "--infer_prompt",
+                                "a {} " + "word " * 40], "--num_vectors 40: at most 34 vectors fit"),
+        "concepts_num_vectors": (["--concepts", str(tmp_path / "many.yaml")],
+                                 f"--concepts {tmp_path / 'many.yaml'}: concept 1: num_vectors 80: at most 68"),
     }[case]
+    (tmp_path / "many.yaml").write_text(f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}, "
+                                        "num_vectors: 80}\n")
     (tmp_path / "bad.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  max_num_ckpt: 0\n")
     (tmp_path / "concepts.yaml").write_text(
         f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}}}\n"

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 
 from gm.cli import UsageError, check_value
 from gm.textual_inversion.templates import check_property, load_templates
-from gm.textual_inversion.words import check_word, placeholder_tokens
+from gm.textual_inversion.words import check_vectors, check_word, placeholder_tokens
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 RANDOM_CROPS = 4
@@ -172,8 +172,8 @@ def check_concept(placeholder_token, num_vectors, learnable_property, name="--{}
     check_property(learnable_property, name("learnable_property"))
 
 
-def _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed):
-    check_concept(placeholder_token, num_vectors, learnable_property)
+def _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed, name):
+    check_concept(placeholder_token, num_vectors, learnable_property, name)
     check_value("--resolution", resolution, "multiple_of_8")
     check_value("--flip_p", flip_p, "probability")
     check_value("--repeats", repeats, "count")
@@ -189,8 +189,10 @@ class TIDataset:
     """
 
     def __init__(self, folder, placeholder_token, num_vectors=1, learnable_property="object",
-                 resolution=1024, center_crop=True, flip_p=0.5, repeats=100, template_file=None, seed=0):
-        _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed)
+                 resolution=1024, center_crop=True, flip_p=0.5, repeats=100, template_file=None, seed=0,
+                 name="--{}".format):
+        """``name(key)`` is how an error names the concept's ``key`` (default: its flag)."""
+        _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed, name)
         self.placeholder_token = placeholder_token
         self.num_vectors = int(num_vectors)
         self.learnable_property = learnable_property
@@ -200,12 +202,17 @@ class TIDataset:
         self.repeats = int(repeats)
         self.seed = int(seed)
         self.templates = load_templates(learnable_property, template_file)
+        source = f" of {name('template_file')} {template_file}" if template_file else ""
+        check_vectors(name("num_vectors"), self.num_vectors,
+                      [(t, f"the template {t!r}{source}") for t in self.templates])
         self.paths, self.captions, self.views = [], [], []
         self._crops = []
         self._view_ids = {}
         for index, (path, image) in enumerate(iter_images(folder)):
             self.paths.append(path)
             self.captions.append(read_caption(path, placeholder_token))
+            check_vectors(name("num_vectors"), self.num_vectors,
+                          [(c, f"the caption {c!r} of {path}") for c in self.captions[-1] or ()])
             self._add_views(index, image)
         self.num_images = len(self.paths)
         self.epoch_length = self.num_images * self.repeats

@@ -24,10 +24,11 @@ from gm.modules.diffusionmodules.sampling import make_sampler
 from gm.parallel import SingleProcess
 from gm.random_weights import write_random_checkpoint
 from gm.textual_inversion.dataset import TIDataset, check_concept
-from gm.textual_inversion.words import placeholder_tokens
 from gm.textual_inversion.embeddings import add_concept, concept_rows, load_ti, save_ti
 from gm.textual_inversion.outputs import RunOutputs, check_save_path, clear_run, run_files
+from gm.textual_inversion.templates import load_templates
 from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr, learning_rate
+from gm.textual_inversion.words import check_vectors, placeholder_tokens
 from gm.weight_files import open_weights, write_ckpt
 
 INFER_PROMPTS = {"object": "a photo of a {}", "style": "a painting in the style of {}", "face": "a photo of {}"}
@@ -165,6 +166,13 @@ def check_settings(s):
         raise UsageError("--data_path: required (a folder of images), or use --demo True")
     for c in s.concepts:
         check_concept(c.placeholder_token, c.num_vectors, c.learnable_property, c.label)
+        source = f" of {c.label('template_file')} {c.template_file}" if c.template_file else ""
+        prompts = [(t, f"the template {t!r}{source}") for t in load_templates(c.learnable_property, c.template_file)]
+        if s.infer_during_train:
+            prompt = s.infer_prompt or INFER_PROMPTS[c.learnable_property]
+            prompts.append((prompt, f"--infer_prompt {prompt!r}" if s.infer_prompt else
+                            f"the in-training sample prompt {prompt!r}"))
+        check_vectors(c.label("num_vectors"), c.num_vectors, prompts)  # captions: checked as they are read
     owner = {}
     for c in s.concepts:
         for token in placeholder_tokens(c.placeholder_token, c.num_vectors):
@@ -209,7 +217,7 @@ class Trainer:
                              "tools/convert_weight.py, or try --demo True without --weight)")
         self.datasets = [TIDataset(c.data_path, c.placeholder_token, c.num_vectors, c.learnable_property,
                                    s.resolution, center_crop=s.center_crop, flip_p=s.flip_p, repeats=s.repeats,
-                                   template_file=c.template_file, seed=s.seed) for c in s.concepts]
+                                   template_file=c.template_file, seed=s.seed, name=c.label) for c in s.concepts]
         if s.random_weights and not os.path.isfile(s.weight):
             print(f"writing random weights for the demo to {s.weight}", flush=True)
             write_random_checkpoint(s.config, s.weight)

@@ -11,8 +11,17 @@ prompt, before the prompt is lower-cased and split into words. So it must be
   ordinary word).
 
 Brackets as in ``<cat-toy>`` are the usual way to get a word that cannot clash with ordinary text.
+
+A word of N vectors is N tokens in every prompt it is trained in, and CLIP reads 77 tokens, two of them its
+start and end markers: :func:`check_vectors` bounds N so that every prompt fits (tokens past the end are cut
+off, so those vectors would silently get no gradient).
 """
-from gm.cli import UsageError
+import functools
+
+from gm.cli import UsageError, check_value
+
+CONTEXT_TOKENS = 77  # what both SDXL text encoders read, start and end markers included
+PROMPT_TOKENS = CONTEXT_TOKENS - 2
 
 RULE = "one word without spaces or {}, not in the CLIP vocabulary in any case, e.g. <cat-toy>"
 
@@ -53,3 +62,38 @@ def check_word(name, word, num_vectors=1, hint=None):
     problem = word_problem(word, num_vectors)
     if problem:
         raise UsageError(f"{name} {word!r} {problem}; a learned word is {RULE}" + (f" ({hint})" if hint else ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer():
+    from gm.modules.encoders.tokenizer import CLIPTokenizer
+
+    return CLIPTokenizer(max_length=CONTEXT_TOKENS)
+
+
+def other_tokens(template):
+    """How many tokens ``template`` has besides its ``{}`` (each text piece encoded as the tokenizer does
+    around a learned word)."""
+    return sum(len(_tokenizer().encode(piece)) for piece in template.split("{}"))
+
+
+def check_vectors(name, num_vectors, templates=()):
+    """UsageError (naming ``name``) unless a word of ``num_vectors`` vectors fits CLIP's 75 prompt tokens in
+    every template; ``templates`` are ``(text with {}, how to name it)`` pairs, e.g.
+    ``("a photo of {}", "the caption 'a photo of {}' of img.png")``."""
+    check_value(name, num_vectors, "count")
+    limit, what, other = PROMPT_TOKENS, None, 0
+    for text, description in templates:
+        if text.count("{}"):
+            tokens = other_tokens(text)
+            if (PROMPT_TOKENS - tokens) // text.count("{}") < limit:
+                limit, what, other = (PROMPT_TOKENS - tokens) // text.count("{}"), description, tokens
+    if num_vectors <= limit:
+        return
+    why = f"CLIP reads {CONTEXT_TOKENS} tokens, 2 of them its start and end markers"
+    if limit < 1:
+        raise UsageError(f"{name} {num_vectors}: {what} is {other} tokens long without the word, so the word "
+                         f"does not fit ({why}); shorten it")
+    raise UsageError(f"{name} {num_vectors}: at most {limit} vectors fit ({why}"
+                     + (f", and {what} takes {other} more" if what else "")
+                     + "); the vectors past the end would be cut off and never trained")
