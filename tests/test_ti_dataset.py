@@ -1,5 +1,4 @@
 """Textual-inversion data: templates, image loading, views (crops, flips, SDXL sizes), sample order."""
-import contextlib
 import os
 import sys
 
@@ -126,18 +125,18 @@ def test_palette_with_transparency_and_greyscale_alpha(tmp_path):
     assert (np.asarray(la_rgb) == 255).all()
 
 
-def test_corrupt_image_is_skipped_with_warning(tmp_path):
+def test_corrupt_image_is_skipped_with_warning(tmp_path, capsys):
     folder = make_folder(tmp_path, [(16, 16), (16, 16)])
     with open(os.path.join(folder, "broken.jpg"), "wb") as f:
         f.write(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     noise_image(64, 64).save(os.path.join(folder, "truncated.png"))
     with open(os.path.join(folder, "truncated.png"), "r+b") as f:
         f.truncate(200)
-    with pytest.warns(UserWarning) as record:
-        loaded = load_images(folder)
+    loaded = load_images(folder)
     assert [os.path.basename(p) for p, _ in loaded] == ["img_0.png", "img_1.png"]
-    messages = " ".join(str(w.message) for w in record)
-    assert "broken.jpg" in messages and "truncated.png" in messages
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 2 and all(w.startswith("warning: --data_path: skipping ") for w in warnings), warnings
+    assert "broken.jpg: not a readable image" in warnings[0] and "truncated.png: not a readable image" in warnings[1]
 
 
 @pytest.mark.parametrize("case", ["missing", "file", "empty", "only_text", "unreadable"])
@@ -152,14 +151,40 @@ def test_load_images_errors(tmp_path, case):
     if case == "unreadable":
         (target / "a.png").write_bytes(b"garbage")
         (target / "b.jpg").write_bytes(b"")
-    with pytest.warns(UserWarning) if case == "unreadable" else contextlib.nullcontext():
-        with pytest.raises(UsageError) as err:
-            load_images(str(target))
+    with pytest.raises(UsageError) as err:
+        load_images(str(target))
     message = str(err.value)
     assert message.startswith(f"--data_path {target}:") and "\n" not in message
     expected = {"missing": "no such folder", "file": "not a folder", "empty": "no images",
-                "only_text": "no images", "unreadable": "none of its 2 image files could be read"}[case]
+                "only_text": "no images", "unreadable": "none of its 2 image files can be used"}[case]
     assert expected in message
+
+
+@pytest.mark.parametrize("size,usable", [
+    ((4000, 10), False), ((10, 4000), False), ((65, 16), False), ((64, 16), True), ((16, 64), True),
+    ((7, 7), False), ((8, 8), True), ((8, 32), True), ((640, 480), True),
+])
+def test_extreme_and_tiny_images_are_skipped_by_one_rule(tmp_path, capsys, size, usable):
+    """At --resolution 64: longer than 4:1 or a short side under 64 / 8 = 8 pixels is skipped with one warning
+    line naming the file (a 4000x10 image would otherwise become 25600x64, at 1024 px 409600x1024)."""
+    folder = make_folder(tmp_path, [(16, 16), size])
+    ds = TIDataset(folder, TOKEN, 1, "object", 64)
+    err = capsys.readouterr().err
+    assert ds.num_images == (2 if usable else 1)
+    if usable:
+        assert err == ""
+    else:
+        (line,) = err.splitlines()
+        assert line.startswith(f"warning: --data_path: skipping {os.path.join(folder, 'img_1.png')}: "
+                               f"{size[0]}x{size[1]} is "), line
+        assert ("longer than 4:1" if max(size) > 4 * min(size) else "too small for --resolution 64") in line
+
+
+def test_a_folder_of_only_unusable_images_is_one_error(tmp_path, capsys):
+    folder = make_folder(tmp_path, [(4000, 10), (3, 3)])
+    with pytest.raises(UsageError, match=f"--data_path {folder}: none of its 2 image files can be used"):
+        TIDataset(folder, TOKEN, 1, "object", 64)
+    assert len(capsys.readouterr().err.splitlines()) == 2
 
 
 # ---------------------------------------------------------------- arguments

@@ -189,12 +189,21 @@ def test_bad_input_gives_one_line_error(case, weights, tmp_path):
 
 
 def test_corrupt_image_among_good_ones_is_skipped_with_a_warning(weights, tmp_path):
+    """An unreadable file, a 4000x10 strip and a 5x5 thumbnail (at --resolution 64) are skipped with one
+    ``warning:`` line each, not Python's UserWarning repr; the run trains on the rest."""
+    from PIL import Image
+
     good = sorted(os.path.join(DEMO_TOY, f) for f in os.listdir(DEMO_TOY))[:2]
     data = make_folder(tmp_path, "data", good, junk=["broken.png"])
+    Image.new("RGB", (4000, 10), "red").save(os.path.join(data, "strip.png"))
+    Image.new("RGB", (5, 5), "red").save(os.path.join(data, "thumb.png"))
     result = train(*tiny(weights, "--data_path", data, "--save_path", str(tmp_path / "s"), "--total_step", "1",
                          "--ms_mode", "1"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "broken.png" in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert [w.split(": ")[2].split()[-1] for w in warnings] == [os.path.join(data, f) for f in
+                                                                ("broken.png", "strip.png", "thumb.png")], warnings
+    assert "UserWarning" not in result.stderr and "warnings.warn" not in result.stderr
     assert "2 images" in result.stdout
 
 

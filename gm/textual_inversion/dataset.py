@@ -10,7 +10,9 @@ Preprocessing (per image): EXIF orientation applied, converted to RGB, short sid
 cropped to a square. Center crop gives one crop per image; random crop uses up to
 ``RANDOM_CROPS`` (4) distinct offsets per image drawn once from the seed (fewer when the image
 has fewer possible positions, e.g. one for a square image). With ``0 < flip_p < 1`` every crop also
-has a mirrored view; ``flip_p == 1`` keeps only mirrored views, ``flip_p == 0`` none.
+has a mirrored view; ``flip_p == 1`` keeps only mirrored views, ``flip_p == 0`` none. Images longer than
+4:1, or whose short side is under ``resolution / 8``, are skipped with one warning line each
+(:func:`size_problem`), as are unreadable files.
 
 SDXL size conditioning follows diffusers' train_text_to_image_sdxl.py: ``original_size`` is (h, w)
 of the image before resizing, and a mirrored view is a crop of the horizontally flipped resized
@@ -25,12 +27,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
-from gm.cli import UsageError, check_value
+from gm.cli import UsageError, check_value, warn
 from gm.textual_inversion.templates import check_property, load_templates
 from gm.textual_inversion.words import check_vectors, check_word, placeholder_tokens
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 RANDOM_CROPS = 4
+MAX_ASPECT = 4  # images longer than 4:1 are skipped
+MIN_SIDE_DIVISOR = 8  # images whose short side is under resolution / 8 are skipped
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _INT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
 # Separate random streams, so that e.g. the number of templates never changes the crop offsets.
@@ -65,33 +69,59 @@ def image_files(folder):
     return [os.path.join(folder, n) for n in names]
 
 
-def read_image(path):
-    """The image at ``path`` as RGB, or None (with a warning naming the file) if it cannot be read."""
+def size_problem(width, height, resolution):
+    """Why an image of ``width`` x ``height`` is not used to train at ``resolution``, or None.
+
+    Skipped: a long side more than :data:`MAX_ASPECT` times the short side (resizing the short side to
+    ``resolution`` would make a huge, mostly cropped-away image: 4000x10 at 1024 px is 409600x1024), and a
+    short side under ``resolution / MIN_SIDE_DIVISOR`` (it would be blown up more than 8 times).
+    """
+    short, long = sorted((width, height))
+    if long > MAX_ASPECT * short:
+        return (f"{width}x{height} is longer than {MAX_ASPECT}:1 (a square crop would keep little of it; at "
+                f"--resolution {resolution} it would be resized to {int(resolution * long / short)} pixels long)")
+    if short * MIN_SIDE_DIVISOR < resolution:
+        return (f"{width}x{height} is too small for --resolution {resolution} (its short side is under "
+                f"{-(-resolution // MIN_SIDE_DIVISOR)} pixels, 1/{MIN_SIDE_DIVISOR} of the resolution)")
+    return None
+
+
+def read_image(path, resolution=None):
+    """The image at ``path`` as RGB, or None (with one warning line naming the file) if it cannot be read
+    or, given the training ``resolution``, its size is not usable (:func:`size_problem`)."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(ImageOps.exif_transpose(image))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large photos are fine: resized
+            with Image.open(path) as image:
+                problem = resolution and size_problem(image.width, image.height, resolution)
+                if problem:
+                    warn(f"--data_path: skipping {path}: {problem}")
+                    return None
+                image.load()
+                return to_rgb(ImageOps.exif_transpose(image))
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        warnings.warn(f"--data_path: skipping unreadable image {path} ({e})", stacklevel=2)
+        warn(f"--data_path: skipping {path}: not a readable image ({e})")
         return None
 
 
-def iter_images(folder):
-    """Yield ``(path, RGB image)`` for the readable images of ``folder``, one at a time, by name."""
+def iter_images(folder, resolution=None):
+    """Yield ``(path, RGB image)`` for the usable images of ``folder`` (readable and, given ``resolution``,
+    of a usable size), one at a time, by name; UsageError if there are none."""
     paths = image_files(folder)
     found = 0
     for path in paths:
-        image = read_image(path)
+        image = read_image(path, resolution)
         if image is not None:
             found += 1
             yield path, image
     if not found:
-        raise UsageError(f"--data_path {folder}: none of its {len(paths)} image files could be read")
+        raise UsageError(f"--data_path {folder}: none of its {len(paths)} image files can be used (each one is "
+                         "named in a warning above)")
 
 
-def load_images(folder):
-    """``[(path, RGB PIL image)]`` of the readable images of ``folder``, sorted by name."""
-    return list(iter_images(folder))
+def load_images(folder, resolution=None):
+    """``[(path, RGB PIL image)]`` of the usable images of ``folder``, sorted by name."""
+    return list(iter_images(folder, resolution))
 
 
 def read_caption(image_path, placeholder_token):
@@ -208,7 +238,7 @@ class TIDataset:
         self.paths, self.captions, self.views = [], [], []
         self._crops = []
         self._view_ids = {}
-        for index, (path, image) in enumerate(iter_images(folder)):
+        for index, (path, image) in enumerate(iter_images(folder, self.resolution)):
             self.paths.append(path)
             self.captions.append(read_caption(path, placeholder_token))
             check_vectors(name("num_vectors"), self.num_vectors,
