@@ -77,3 +77,28 @@ def test_meter_sees_a_wrong_attribute():
 def test_meter_refuses_a_picture_that_is_not_square_rgb():
     with pytest.raises(ValueError, match="square RGB"):
         meter.read(np.zeros((64, 32, 3)))
+
+
+def measure_concept(*args):
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, os.path.join(root, "tools", "measure_concept.py"), *args], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_measure_concept_reads_the_shipped_concept_pictures():
+    result = measure_concept("datasets/toy_star", "--shape", "star", "--colour", "orange", "--pattern", "striped")
+    assert result.returncode == 0, result.stderr
+    assert "concept score (shape star, colour orange, pattern striped): 100 % of 5 pictures" in result.stdout
+    result = measure_concept("datasets/toy_dotted", "--pattern", "dotted", "--shape", "circle")
+    assert result.returncode == 0 and ": 0 % of 5 pictures" in result.stdout  # the style data holds no circle
+
+
+@pytest.mark.parametrize("args,named", [(["missing.png"], "missing.png"), (["datasets/toy_star", "--shape", "blob"], "--shape")])
+def test_measure_concept_bad_input_is_one_line(args, named):
+    result = measure_concept(*args)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]

@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from gm.cli import ArgumentParser, run  # noqa: E402
+from gm.cli import ArgumentParser, check_outputs, run  # noqa: E402
+from gm.toyworld.concepts import CONCEPTS, training_set  # noqa: E402
 
 SIZE = 128
 SUPERSAMPLE = 4
@@ -251,7 +252,8 @@ def style_image(index):
 
 
 def write_demo(root=DATASETS):
-    """Write ``root/demo_toy/toy_0i.png`` and ``root/demo_style/style_0i.png``; returns the paths."""
+    """Write ``root/demo_toy/toy_0i.png``, ``root/demo_style/style_0i.png`` and the toy-world concepts
+    ``root/toy_star/`` and ``root/toy_dotted/`` (pictures with captions); returns the paths."""
     written = []
     for folder, prefix, draw in (("demo_toy", "toy", toy_image), ("demo_style", "style", style_image)):
         os.makedirs(os.path.join(root, folder), exist_ok=True)
@@ -259,13 +261,22 @@ def write_demo(root=DATASETS):
             path = os.path.join(root, folder, f"{prefix}_{i:02d}.png")
             draw(i).save(path, optimize=True)
             written.append(path)
+    for name, concept in CONCEPTS.items():
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for i, (picture, caption) in enumerate(training_set(concept)):
+            path = os.path.join(root, name, f"{name}_{i:02d}")
+            Image.fromarray(picture).save(path + ".png", optimize=True)
+            with open(path + ".txt", "w", newline="\n") as f:
+                f.write(caption + "\n")
+            written += [path + ".png", path + ".txt"]
     return written
 
 
 def main():
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=DATASETS, help="folder receiving demo_toy/ and demo_style/")
+    parser.add_argument("--out", default=DATASETS, help="folder receiving demo_toy/, demo_style/, toy_star/, toy_dotted/")
     args = parser.parse_args()
+    check_outputs([("--out", args.out)], [], kind="new_files")
     for path in write_demo(args.out):
         print(f"{path}  {os.path.getsize(path)} bytes")
 

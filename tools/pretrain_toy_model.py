@@ -3,7 +3,7 @@
     python tools/pretrain_toy_model.py --work_dir runs/toy_pretrain --out checkpoints/sd_xl_toy.safetensors
 
 Stages, each resumable from its last state in --work_dir (run the same command again to continue):
-  vae      the VAE on crops of world pictures, then its latent space rescaled so that latents times
+  vae      the VAE on crops of world pictures, then on whole pictures, then its latent space rescaled so that latents times
            the config's scale_factor have unit std;
   latents  world pictures encoded once;
   unet     the UNet with SDXL's loss and discretisation, caption dropout, EMA of the weights;
@@ -143,14 +143,20 @@ class Pretraining:
         factor = 2 ** (len(self.config.model.params.first_stage_config.params.ddconfig.ch_mult) - 1)
         step_cell = TrainStep(VAELoss(vae), params, max_grad_norm=1.0)
 
-        def batch_of(step):
-            rng = np.random.default_rng([self.seed, 1, step])
-            pictures = np.stack([render(random_scene(rng, self.size)) for _ in range(batch)])
-            noise = rng.standard_normal((batch, vae.embed_dim, crop // factor, crop // factor)).astype(np.float32)
-            return Tensor(crops(pictures, crop, rng)), Tensor(noise)
+        def batches(batch, crop, stream):
+            def batch_of(step):
+                rng = np.random.default_rng([self.seed, stream, step])
+                pictures = np.stack([render(random_scene(rng, self.size)) for _ in range(batch)])
+                noise = rng.standard_normal((batch, vae.embed_dim, crop // factor, crop // factor)).astype(np.float32)
+                return Tensor(crops(pictures, crop, rng)), Tensor(noise)
+            return batch_of
 
         clock = time.perf_counter()
-        self.train("vae", step_cell, {**{p.name: p for p in params}, **step_cell.state()}, s, batch_of)
+        state = {**{p.name: p for p in params}, **step_cell.state()}
+        self.train("vae", step_cell, state, s, batches(batch, crop, stream=1))
+        # Crops leave the decoder's normalisation statistics those of crops: a short phase on whole
+        # pictures fits them to the pictures the model draws (reconstruction L1 34 -> see model card).
+        self.train("vae_whole", step_cell, state, s.whole, batches(int(s.whole.batch_size), self.size, stream=5))
         for param in params:
             param.requires_grad = False
         means = self.encode(range(512), stream=3)[0]

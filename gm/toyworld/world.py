@@ -221,10 +221,15 @@ def describe(thing, size, count, rng):
     return " ".join(words)
 
 
+def article(words):
+    """``words`` with "a" or "an" before them."""
+    return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
+
+
 def caption(scene, rng):
     """An English caption of a scene, words chosen at random from the ways the world describes it."""
     count = len(scene.things)
-    parts = [f"{'an' if d[0] in 'aeiou' else 'a'} {d}" for d in (describe(t, scene.size, count, rng) for t in scene.things)]
+    parts = [article(describe(t, scene.size, count, rng)) for t in scene.things]
     text = " and ".join(parts)
     if rng.random() < 0.8:
         text += f" on a {scene.background} background"
@@ -238,7 +243,7 @@ def full_caption(scene):
     words = []
     for thing in scene.things:
         pattern = "" if thing.pattern == "plain" else thing.pattern + " "
-        words.append(f"a {pattern}{thing.colour} {thing.shape}")
+        words.append(article(f"{pattern}{thing.colour} {thing.shape}"))
     return " and ".join(words) + f" on a {scene.background} background"
 
 

@@ -1,0 +1,95 @@
+"""Concepts of the toy world that textual inversion learns as new words, and how they are measured.
+
+A concept is a held-out combination of attributes (never drawn in pretraining, gm.toyworld.world.HELD_OUT):
+the model knows each attribute but has never seen them together, so a word that brings the combination
+back was learned from the user's pictures. Measured as in the textual-inversion paper, by the meter:
+
+- concept: share of samples of the word's prompts that show every attribute of the concept;
+- prompt: share that also show what the rest of the prompt asks (another background for an object,
+  another shape and colour for a style): does the word compose with the rest of the prompt.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from gm.toyworld import meter
+from gm.toyworld.world import BACKGROUNDS, COLOURS, SHAPES, Thing, article, concept_scene, is_held_out, render
+
+
+@dataclass(frozen=True)
+class ToyConcept:
+    """A concept: its attributes (None = any), the property textual inversion learns, training backgrounds."""
+
+    name: str
+    learnable_property: str
+    initializer_token: str
+    shape: str = None
+    colour: str = None
+    pattern: str = None
+    backgrounds: tuple = ("white", "blue", "green", "gray", "black")
+
+    @property
+    def attributes(self):
+        return {k: v for k, v in (("shape", self.shape), ("colour", self.colour), ("pattern", self.pattern)) if v}
+
+    def training_scene(self, rng, size, index):
+        """Training picture ``index``'s scene: the object on the next training background, or for a
+        style, the pattern on the next shape (in a random colour) whose combination was seen in pretraining."""
+        background = self.backgrounds[index % len(self.backgrounds)]
+        if self.learnable_property == "object":
+            return concept_scene(rng, size, background, **self.attributes)
+        shapes = [s for s in SHAPES if not is_held_out(Thing(s, "red", self.pattern, 0, 0, 1, 0))]
+        return concept_scene(rng, size, background, shape=shapes[index % len(shapes)], pattern=self.pattern)
+
+    def caption(self, scene):
+        """The training caption of a scene, ``{}`` standing for the word."""
+        thing = scene.things[0]
+        if self.learnable_property == "object":
+            return f"a {{}} on a {scene.background} background"
+        return f"{article(f'{thing.colour} {thing.shape}')} in {{}} style on a {scene.background} background"
+
+    def test_prompts(self, word):
+        """(prompt, attributes the picture must show) for the word in new contexts."""
+        if self.learnable_property == "object":
+            return [(f"a {word} on a {b} background", {**self.attributes, "background": b})
+                    for b in BACKGROUNDS if b != self.colour]
+        prompts = []
+        for shape, colour in zip(SHAPES, list(COLOURS)[::-1]):
+            prompts.append((f"{article(f'{colour} {shape}')} in {word} style",
+                            {**self.attributes, "shape": shape, "colour": colour}))
+        return prompts
+
+
+CONCEPTS = {
+    "toy_star": ToyConcept("toy_star", "object", "star", shape="star", colour="orange", pattern="striped"),
+    "toy_dotted": ToyConcept("toy_dotted", "style", "plain", pattern="dotted"),
+}
+
+
+def training_set(concept, count=5, size=64, seed=0):
+    """[(picture uint8 [size, size, 3], caption with ``{}``)] of a concept."""
+    rng = np.random.default_rng([seed, 77])
+    scenes = [concept.training_scene(rng, size, i) for i in range(count)]
+    return [(render(s), concept.caption(s)) for s in scenes]
+
+
+def score(concept, prompts, pictures):
+    """{"concept": share showing the concept, "prompt": share also showing the rest of the prompt}."""
+    shown, followed = [], []
+    for (_, wanted), picture in zip(prompts, pictures):
+        reading = meter.read(picture)
+        shown.append(reading.shows(**concept.attributes))
+        followed.append(reading.shows(**wanted))
+    return {"concept": float(np.mean(shown)), "prompt": float(np.mean(followed))}
+
+
+def measure(pipeline, concept, word, samples=2, size=64, steps=20, guidance=5.0, seed=0, sampler="euler"):
+    """Sample every test prompt ``samples`` times with ``word`` (a learned token or plain words) and
+    score the pictures: see :func:`score`."""
+    from gm.modules.diffusionmodules.sampling import make_sampler
+
+    prompts = [p for p in concept.test_prompts(word) for _ in range(samples)]
+    pictures = pipeline.sample([text for text, _ in prompts], size, size, seed=seed,
+                               sampler=make_sampler(sampler, steps, guidance))
+    return score(concept, prompts, pictures), pictures
+
