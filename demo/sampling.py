@@ -30,7 +30,8 @@ import_mindspore()
 from PIL import Image  # noqa: E402
 
 from gm.build import build_model, load_config  # noqa: E402
-from gm.cli import ArgumentParser, ConfigError, UsageError, device_name, ms_mode  # noqa: E402
+from gm.cli import (MAX_IMAGE_SIDE, MAX_IMAGES, ArgumentParser, ConfigError, UsageError, device_name,  # noqa: E402
+                    ms_mode)
 from gm.images import make_grid  # noqa: E402
 from gm.inference import Sampler, default_size, init_mindspore  # noqa: E402
 from gm.modules.diffusionmodules.discretizer import SPACINGS  # noqa: E402
@@ -135,9 +136,9 @@ def settings(config, multiple):
     s["steps"] = middle.number_input("Steps", 1, 1000, 40, key="steps")
     s["guidance"] = middle.number_input("Guidance scale", 0.0, 50.0, 5.0, 0.5, key="guidance")
     s["seed"] = middle.number_input("Seed", 0, 2 ** 32 - 1, 42, key="seed")
-    s["height"] = right.number_input("Height", multiple, 4096, side, multiple, key="height")
-    s["width"] = right.number_input("Width", multiple, 4096, side, multiple, key="width")
-    s["count"] = right.number_input("Images", 1, 16, 1, key="count")
+    s["height"] = right.number_input("Height", multiple, MAX_IMAGE_SIDE, side, multiple, key="height")
+    s["width"] = right.number_input("Width", multiple, MAX_IMAGE_SIDE, side, multiple, key="width")
+    s["count"] = right.number_input("Images", 1, MAX_IMAGES, 1, key="count")
     return s
 
 

@@ -12,7 +12,6 @@ Image-to-image: --task img2img --img photo.png --strength 0.6
 """
 import argparse
 import glob
-import math
 import os
 import re
 import sys
@@ -21,7 +20,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from gm.cli import ArgumentParser, UsageError, add_device_args, check_outputs, run, warn  # noqa: E402
+from gm.cli import (MAX_IMAGES, ArgumentParser, UsageError, add_device_args, check_outputs, check_side,  # noqa: E402
+                    check_value, run, warn)
 
 SAMPLER_ALIASES = {"EulerEDMSampler": "euler", "EulerAncestralSampler": "euler_a", "DPMPP2MSampler": "dpmpp_2m"}
 SAMPLER_NAMES = ("euler", "euler_a", "dpmpp_2m")
@@ -72,18 +72,21 @@ def parser():
 
 
 def check_args(args):
-    """Flag errors that need no model, found before the (slow) model load."""
+    """Flag errors that need no model, found before the (slow) model load (gm.cli's shared value rules)."""
     for flag in ("H", "W"):
         value = getattr(args, flag)
-        if value is not None and (value < 8 or value % 8):
-            raise UsageError(f"--{flag} {value}: must be a positive multiple of 8")
+        if value is not None:
+            check_value(f"--{flag}", value, "multiple_of_8")
+            check_side(f"--{flag} {value}", value)
     for flag in ("num_cols", "num_rows", "sample_step"):
-        if getattr(args, flag) < 1:
-            raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least 1")
+        check_value(f"--{flag}", getattr(args, flag), "count")
+    if args.num_cols * args.num_rows > MAX_IMAGES:
+        raise UsageError(f"--num_rows {args.num_rows} x --num_cols {args.num_cols}: at most {MAX_IMAGES} images per "
+                         "prompt (they are sampled as one batch); for more, run again with another --seed")
     if args.sample_step > 1000:
         raise UsageError(f"--sample_step {args.sample_step}: at most 1000 (the training timesteps)")
-    if not math.isfinite(args.guidance_scale):
-        raise UsageError(f"--guidance_scale {args.guidance_scale}: must be a number")
+    check_value("--guidance_scale", args.guidance_scale, "finite")
+    check_value("--seed", args.seed, "natural")
     if not os.path.isfile(args.weight):
         raise UsageError(f"--weight {args.weight}: no such file (convert the official weights with "
                          "tools/convert_weight.py)")
@@ -96,15 +99,17 @@ def check_args(args):
             raise UsageError("--img: required with --task img2img (the image to start from)")
         if not os.path.isfile(args.img):
             raise UsageError(f"--img {args.img}: no such file")
-        if not 0.0 <= args.strength <= 1.0:
-            raise UsageError(f"--strength {args.strength}: must be in [0, 1]")
+        check_value("--strength", args.strength, "probability")
 
 
 def read_prompts(prompt):
     """``[prompt]``, or the non-empty lines of the file ``prompt`` names."""
     if os.path.isfile(prompt):
-        with open(prompt, encoding="utf-8") as f:
-            prompts = [line.strip() for line in f if line.strip()]
+        try:
+            with open(prompt, encoding="utf-8") as f:
+                prompts = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--prompt {prompt}: cannot read it as UTF-8 text ({e})") from None
         if not prompts:
             raise UsageError(f"--prompt {prompt}: the file has no prompts")
         return prompts
@@ -156,6 +161,9 @@ def image_size(args, config, image, multiple):
         if value % multiple:
             raise UsageError(f"--{flag} {value}: this model needs a multiple of {multiple} (the VAE's 8 times 2 "
                              "per UNet downsampling)")
+        if image is not None and not getattr(args, flag):
+            check_side(f"--img {args.img} ({image.width}x{image.height})", value, "; give --H and --W to resize it")
+        check_side(f"--{flag} {value}", value)
     return height, width
 
 

@@ -34,6 +34,14 @@ def load_config(path):
     return config
 
 
+def size_multiple(config):
+    """What image sides must be multiples of for a model config: the VAE's downsampling (8 for SDXL) times 2
+    per UNet downsampling (32 for SDXL)."""
+    params = config.model.params
+    vae = 2 ** (len(params.first_stage_config.params.ddconfig.ch_mult) - 1)
+    return vae * 2 ** (len(params.network_config.params.channel_mult) - 1)
+
+
 def load_weights(model, path):
     """Load a ``.ckpt`` or official ``.safetensors`` into ``model``, tensor by tensor."""
     with open_weights(path) as reader:

@@ -2,6 +2,7 @@
 output checks, True/False flags, device flags."""
 import argparse
 import math
+from collections.abc import Sequence
 import numbers
 import os
 import sys
@@ -56,6 +57,10 @@ RULES = {
     "non_negative": ("a finite number of at least 0", lambda v: _real(v) and v >= 0),
     "probability": ("a probability in [0, 1]", lambda v: _real(v) and 0 <= v <= 1),
     "finite": ("a finite number", _real),
+    "boolean": ("True or False", lambda v: isinstance(v, bool)),
+    "adam_betas": ("two numbers in [0, 1), e.g. [0.9, 0.999]",
+                   lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
+                   and all(_real(b) and 0 <= b < 1 for b in v)),
 }
 
 
@@ -63,8 +68,21 @@ def check_value(name, value, rule):
     """UsageError ``"{name} {value}: expected ..."`` unless ``value`` satisfies ``RULES[rule]``."""
     what, test = RULES[rule]
     if not test(value):
-        shown = value if isinstance(value, numbers.Number) else repr(value)
+        shown = value if isinstance(value, numbers.Number) else list(value) if isinstance(value, Sequence) and not \
+            isinstance(value, str) else repr(value)
         raise UsageError(f"{name} {shown}: expected {what}")
+
+
+# Sampling limits, the same in the sampling CLI and the Streamlit app: a typo (--num_rows 100000, --H 40000)
+# is refused instead of filling the memory.
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGES = 64
+
+
+def check_side(name, value, hint=""):
+    """UsageError ``"{name}: at most 4096 pixels a side{hint}"`` for a side above :data:`MAX_IMAGE_SIDE`."""
+    if value > MAX_IMAGE_SIDE:
+        raise UsageError(f"{name}: at most {MAX_IMAGE_SIDE} pixels a side{hint}")
 
 
 def check_outputs(outputs, inputs, kind="file"):
@@ -73,11 +91,17 @@ def check_outputs(outputs, inputs, kind="file"):
     ``outputs`` and ``inputs`` are (flag, path) pairs (None paths are skipped), compared resolved
     (links, ``..``). ``kind`` says what the outputs are: ``"file"`` (written whole; an existing
     folder there is refused), ``"folder"`` (a folder whose files the tool writes and deletes: no
-    input may lie inside it) or ``"new_files"`` (a folder that only receives new files).
+    input may lie inside it) or ``"new_files"`` (a folder that only receives new files). Each output
+    must also be writable: an empty path, or one under a file or a read-only folder, is refused.
     """
     for out_flag, out in outputs:
+        if not out:
+            raise UsageError(f"{out_flag} {out!r}: expected a {'file name' if kind == 'file' else 'folder'}")
         if kind == "file" and os.path.isdir(out):
             raise UsageError(f"{out_flag} {out}: is a folder (expected a file name)")
+        if kind != "file" and os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"{out_flag} {out}: is a file (expected a folder)")
+        check_writable(out_flag, out, out if kind != "file" else os.path.dirname(out) or ".")
         target = os.path.realpath(out)
         for in_flag, path in inputs:
             if path is None:
@@ -106,6 +130,16 @@ def ms_mode(value):
     if str(value).strip() in ("0", "1"):
         return int(value)
     raise argparse.ArgumentTypeError(f"{value!r}: expected 0 (graph mode) or 1 (PyNative)")
+
+
+def check_writable(flag, path, folder):
+    """UsageError naming ``flag`` and ``path`` unless ``folder`` (where ``path`` goes) is, or can be created
+    in, a writable folder; nothing is created."""
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing) or "."
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write there ({existing} is not a writable folder)")
 
 
 AMP_LEVELS = ("O0", "O2", "O3")

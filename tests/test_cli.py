@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, TINY_CONFIG as TINY
 
 from gm.cli import ArgumentParser, UsageError, device_name, ms_mode
 
@@ -72,3 +72,53 @@ def test_unusable_device_in_training_is_one_line(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: --device_target GPU: not usable with this MindSpore"), result.stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("script,args,expected", [
+    ("tools/random_checkpoint.py", ["--config", "{tiny}", "--out", "r.safetensors", "--seed", "-1"],
+     "--seed -1: expected an integer of at least 0"),
+    ("tools/random_checkpoint.py", ["--config", "{tiny}", "--out", "blocker/r.safetensors"],
+     "--out blocker/r.safetensors: cannot write there (blocker is not a writable folder)"),
+    ("tools/convert_weight.py", ["--src", "{weights}", "--dst", "blocker/x.ckpt", "--config", "{tiny}"],
+     "--dst blocker/x.ckpt: cannot write there (blocker is not a writable folder)"),
+    ("tools/export_embedding.py", ["--src", "{ti}", "--format", "diffusers", "--dst", "blocker/out"],
+     "--dst blocker/out: cannot write there (blocker is not a writable folder)"),
+    ("tools/make_demo_dataset.py", ["--out", "blocker"], "--out blocker: is a file (expected a folder)"),
+    ("tools/make_demo_dataset.py", ["--out", ""], "--out '': expected a folder"),
+])
+def test_outputs_that_cannot_be_written_are_one_line(script, args, expected, tmp_path, tmp_path_factory):
+    """An output under a file, in a folder that cannot be written, or empty: refused before any work, with
+    one line naming the flag (gm.cli.check_outputs); a bad seed likewise."""
+    import numpy as np
+
+    from gm.textual_inversion import formats
+
+    inputs = tmp_path_factory.mktemp("inputs")
+    weights = str(inputs / "tiny.safetensors")
+    if not os.path.exists(weights) and "{weights}" in args:
+        from gm.random_weights import write_random_checkpoint
+        write_random_checkpoint(TINY, weights)
+    ti = str(inputs / "w_ti.ckpt")
+    formats.write(ti, "<w>", [np.ones((1, 32), np.float32), np.ones((1, 64), np.float32)], "ours")
+    (tmp_path / "blocker").write_text("a file")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script),
+                             *[a.format(tiny=TINY, weights=weights, ti=ti) for a in args]],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and expected in line, result.stderr
+    assert os.listdir(tmp_path) == ["blocker"] and (tmp_path / "blocker").read_text() == "a file"
+
+
+def test_a_write_that_fails_late_is_one_error_and_leaves_nothing(tmp_path):
+    """atomic_output, the one writer of output files: a folder that cannot be made or written (here: under a
+    file) is a UsageError naming the file, and no temporary file is left behind."""
+    import numpy as np
+
+    from gm.weight_files import write_ckpt
+
+    (tmp_path / "blocker").write_text("a file")
+    target = str(tmp_path / "blocker" / "sub" / "x.ckpt")
+    with pytest.raises(UsageError, match=f"^{target}: cannot write it"):
+        write_ckpt(target, [("a", np.ones(3, np.float32))])
+    assert os.listdir(tmp_path) == ["blocker"]

@@ -117,6 +117,8 @@ def bad_files(work):
     with open(paths["pickle"], "wb") as f:
         f.write(b"PK\x03\x04 not really")
     (work / "notimage.png").write_text("no")
+    paths["latin1"] = str(folder / "prompts.txt")
+    (folder / "prompts.txt").write_bytes("a caf\xe9 in Paris\n".encode("latin-1"))
     from gm.textual_inversion import formats
     formats.write(str(folder / "whole.safetensors"), "<whole>", ti_rows(0, 2), "a1111")
     paths["damaged"] = damaged(str(folder / "whole.safetensors"), str(folder / "damaged.safetensors"),
@@ -138,15 +140,21 @@ ERRORS = {
     "word": (["--textual_inversion_weight", "{word}"], "its token 'cat' is already a word of the vocabulary"),
     "same_token": (["--textual_inversion_weight", CAT, "{cat_again}"], "both hold <cat-toy>"),
     "expanded_token": (["--textual_inversion_weight", CAT, "{cat_toy_1}"], "cat_toy_1_ti.ckpt both hold <cat-toy>_1"),
-    "H": (["--H", "100"], "--H 100: must be a positive multiple of 8"),
+    "H": (["--H", "100"], "--H 100: expected a positive multiple of 8"),
+    "H_huge": (["--H", "40000"], "--H 40000: at most 4096 pixels a side"),
+    "count": (["--num_rows", "100000"], "--num_rows 100000 x --num_cols 1: at most 64 images per prompt"),
+    "seed": (["--seed", "-1"], "--seed -1: expected an integer of at least 0"),
+    "prompt_file": (["--prompt", "{latin1}"], "prompts.txt: cannot read it as UTF-8 text"),
+    "save_path_file": (["--save_path", "{latin1}"], "prompts.txt: is a file (expected a folder)"),
     "W_model": (["--W", "40"], "--W 40: this model needs a multiple of 32"),
     "no_img": (["--task", "img2img"], "--img: required with --task img2img"),
     "missing_img": (["--task", "img2img", "--img", "none.png"], "--img none.png: no such file"),
     "bad_img": (["--task", "img2img", "--img", "notimage.png"], "--img notimage.png: not a readable image"),
-    "strength": (["--task", "img2img", "--img", "notimage.png", "--strength", "1.5"], "--strength 1.5: must be in"),
+    "strength": (["--task", "img2img", "--img", "notimage.png", "--strength", "1.5"],
+                 "--strength 1.5: expected a probability in [0, 1]"),
     "weight": (["--weight", "checkpoints/none.ckpt"], "--weight checkpoints/none.ckpt: no such file"),
     "config": (["--config", "configs/none.yaml"], "configs/none.yaml: no such config file"),
-    "steps": (["--sample_step", "0"], "--sample_step 0: must be at least 1"),
+    "steps": (["--sample_step", "0"], "--sample_step 0: expected an integer of at least 1"),
     "damaged_header": (["--textual_inversion_weight", "{damaged}"], "damaged.safetensors: tensor clip_l: data_offsets "
                                                                      "[-8, 248] are not [begin, end]"),
     "damaged_weight": (["--weight", "{damaged_weight}"], f"w.safetensors: tensor {UNET_KEY}: shape [2, 4] of F32 "
@@ -170,7 +178,7 @@ def test_bad_input_gives_one_line_error(case, work, bad_files, keep_mode, capsys
 
     monkeypatch.chdir(work)
     args, expected = ERRORS[case]
-    argv = BASE + [a.format(**bad_files) for a in args] + ["--save_path", str(work / "err")]
+    argv = BASE + ["--save_path", str(work / "err")] + [a.format(**bad_files) for a in args]
     with pytest.raises(SystemExit) as e:
         run(lambda: main(argv))
     assert e.value.code == 1

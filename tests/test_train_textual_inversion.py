@@ -368,7 +368,8 @@ def test_a_used_save_path_is_refused_unless_overwritten(weights, finished_run, t
                                   "learning_rate_nan", "max_grad_norm", "lr_warmup_steps", "flip_p", "repeats",
                                   "total_step", "train_batch_size", "gradient_accumulation_steps",
                                   "save_ckpt_interval", "infer_prompt", "config_key", "concepts_key", "num_vectors",
-                                  "num_vectors_prompt", "concepts_num_vectors"])
+                                  "num_vectors_prompt", "concepts_num_vectors", "betas", "center_crop",
+                                  "resolution_model", "initializer_token", "save_path_empty"])
 def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weights, tmp_path, capsys, keep_mode):
     """Every count, interval and rate is checked before the model is built; the error names the flag,
     or the config file or --concepts file and key the value came from."""
@@ -396,7 +397,16 @@ def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weigh
                                 "a {} " + "word " * 40], "--num_vectors 40: at most 34 vectors fit"),
         "concepts_num_vectors": (["--concepts", str(tmp_path / "many.yaml")],
                                  f"--concepts {tmp_path / 'many.yaml'}: concept 1: num_vectors 80: at most 68"),
+        "betas": (["--config", str(tmp_path / "betas.yaml")],
+                  f"{tmp_path / 'betas.yaml'}: optim.betas [0.9]: expected two numbers in [0, 1)"),
+        "center_crop": (["--config", str(tmp_path / "crop.yaml")],
+                        f"{tmp_path / 'crop.yaml'}: train.center_crop 'maybe': expected True or False"),
+        "resolution_model": (["--resolution", "40"], "--resolution 40: this model needs a multiple of 32"),
+        "initializer_token": (["--initializer_token", ""], "--initializer_token '' is 0 tokens"),
+        "save_path_empty": (["--save_path", ""], "--save_path '': expected a folder"),
     }[case]
+    (tmp_path / "betas.yaml").write_text(f"base: {TINY_TRAIN}\noptim:\n  betas: [0.9]\n")
+    (tmp_path / "crop.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  center_crop: maybe\n")
     (tmp_path / "many.yaml").write_text(f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}, "
                                         "num_vectors: 80}\n")
     (tmp_path / "bad.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  max_num_ckpt: 0\n")

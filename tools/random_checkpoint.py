@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gm.cli import ArgumentParser, UsageError, check_outputs, run  # noqa: E402
+from gm.cli import ArgumentParser, UsageError, check_outputs, check_value, run  # noqa: E402
 from gm.random_weights import DTYPES, write_random_checkpoint  # noqa: E402
 
 
@@ -26,6 +26,7 @@ def main():
     args = parser.parse_args()
     if not args.out.lower().endswith(".safetensors"):
         raise UsageError(f"--out {args.out}: the weights are written as safetensors; name the file *.safetensors")
+    check_value("--seed", args.seed, "natural")
     check_outputs([("--out", args.out)], [("--config", args.config)])
     n = write_random_checkpoint(args.config, args.out, args.seed, args.dtype)
     print(f"wrote {n} tensors to {args.out}")

@@ -32,12 +32,8 @@ def run_files(save_path, patterns=RUN_FILES):
 
 
 def check_save_path(save_path, resume, overwrite):
-    """Refuse a ``--save_path`` that cannot be written or whose earlier run would be lost; writes nothing."""
-    existing = save_path
-    while not os.path.lexists(existing):
-        existing = os.path.dirname(existing) or "."
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--save_path {save_path}: cannot write there ({existing} is not a writable folder)")
+    """Refuse a ``--save_path`` whose earlier run would be lost; writes nothing. (Whether it can be written
+    is :func:`gm.cli.check_outputs`' check.)"""
     if resume and overwrite:
         raise UsageError("--resume True and --overwrite True: choose one (resume continues the run in "
                          "--save_path, overwrite replaces it)")

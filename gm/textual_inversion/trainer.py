@@ -17,7 +17,7 @@ import mindspore as ms
 from mindspore import Tensor, nn
 from tqdm import tqdm
 
-from gm.build import build_model
+from gm.build import build_model, size_multiple
 from gm.cli import UsageError, check_outputs, check_value
 from gm.inference import Sampler
 from gm.modules.diffusionmodules.sampling import make_sampler
@@ -28,7 +28,7 @@ from gm.textual_inversion.embeddings import add_concept, concept_rows, load_ti, 
 from gm.textual_inversion.outputs import RunOutputs, check_save_path, clear_run, run_files
 from gm.textual_inversion.templates import load_templates
 from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr, learning_rate
-from gm.textual_inversion.words import check_vectors, placeholder_tokens
+from gm.textual_inversion.words import check_initializer, check_vectors, placeholder_tokens
 from gm.weight_files import open_weights, write_ckpt
 
 INFER_PROMPTS = {"object": "a photo of a {}", "style": "a painting in the style of {}", "face": "a photo of {}"}
@@ -109,12 +109,12 @@ OPTIONS = {
     "lr_scheduler": ("--lr_scheduler", "optim.lr_scheduler", None),
     "lr_warmup_steps": ("--lr_warmup_steps", "optim.lr_warmup_steps", "natural"),
     "weight_decay": (None, "optim.weight_decay", "non_negative"),
-    "betas": (None, "optim.betas", None),
+    "betas": (None, "optim.betas", "adam_betas"),
     "eps": (None, "optim.eps", "positive"),
-    "clip_grad": ("--clip_grad", None, None),
+    "clip_grad": ("--clip_grad", None, "boolean"),
     "max_grad_norm": ("--max_grad_norm", None, "positive"),
     "resolution": ("--resolution", "train.resolution", "multiple_of_8"),
-    "center_crop": ("--center_crop", "train.center_crop", None),
+    "center_crop": ("--center_crop", "train.center_crop", "boolean"),
     "flip_p": ("--flip_p", "train.flip_p", "probability"),
     "repeats": ("--repeats", "train.repeats", "count"),
     "save_ckpt_interval": ("--save_ckpt_interval", "train.save_ckpt_interval", "count"),
@@ -151,6 +151,10 @@ def check_settings(s):
         value = getattr(s, key)
         if rule and not (key == "max_num_ckpt" and value is None):
             check_value(setting_name(s, key), value, rule)
+    multiple = size_multiple(s.config)
+    if s.resolution % multiple:
+        raise UsageError(f"{setting_name(s, 'resolution')} {s.resolution}: this model needs a multiple of {multiple} "
+                         "(the VAE's 8 times 2 per UNet downsampling)")
     if s.lr_scheduler not in ("constant", "cosine"):
         raise UsageError(f"{setting_name(s, 'lr_scheduler')} {s.lr_scheduler!r}: expected constant or cosine")
     if s.infer_prompt is not None:
@@ -166,6 +170,8 @@ def check_settings(s):
         raise UsageError("--data_path: required (a folder of images), or use --demo True")
     for c in s.concepts:
         check_concept(c.placeholder_token, c.num_vectors, c.learnable_property, c.label)
+        if c.initializer_token is not None:
+            check_initializer(c.label("initializer_token"), c.initializer_token)
         source = f" of {c.label('template_file')} {c.template_file}" if c.template_file else ""
         prompts = [(t, f"the template {t!r}{source}") for t in load_templates(c.learnable_property, c.template_file)]
         if s.infer_during_train:

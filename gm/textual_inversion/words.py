@@ -97,3 +97,13 @@ def check_vectors(name, num_vectors, templates=()):
     raise UsageError(f"{name} {num_vectors}: at most {limit} vectors fit ({why}"
                      + (f", and {what} takes {other} more" if what else "")
                      + "); the vectors past the end would be cut off and never trained")
+
+
+def check_initializer(name, word):
+    """UsageError unless ``word`` (``--initializer_token``) is one token of the vocabulary, whose row a new word
+    can start from; its id otherwise."""
+    ids = _tokenizer().encode(word) if isinstance(word, str) else []
+    if len(ids) != 1:
+        raise UsageError(f"{name} {word!r} is {len(ids)} tokens; it must be a single token (an ordinary word such "
+                         "as toy or painting)")
+    return ids[0]
