@@ -171,14 +171,14 @@ def test_every_format_starts_further_training(work):
 
 
 def test_fp16_export(work, tmp_path):
-    dst = str(tmp_path / "half.safetensors")
+    dst = str(tmp_path / "cat-toy-half.safetensors")  # the word is the file name ("half" alone is a vocabulary word)
     result = tool("export_embedding.py", "--src", work["source"], "--format", "a1111", "--dst", dst, "--dtype", "fp16")
     assert result.returncode == 0, result.stderr
-    assert "word in prompts: half" in result.stdout
+    assert "word in prompts: cat-toy-half" in result.stdout
     with open_weights(dst) as reader:
         assert reader.dtype("clip_g") == "F16"
     token, rows = load_ti(dst)
-    assert token == "half"
+    assert token == "cat-toy-half"
     for a, b in zip(rows, load_ti(work["source"])[1]):
         np.testing.assert_array_equal(a, b.astype(np.float16).astype(np.float32))
 
@@ -445,6 +445,18 @@ def test_export_tool_errors(work, tmp_path, capsys, monkeypatch, args, expected)
     assert code == 1
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1
     assert not os.listdir(tmp_path)
+
+
+def test_fp16_export_of_vectors_beyond_its_range_is_refused(tmp_path, capsys):
+    """Values past float16's 65504 would be written as inf (a file sampling then refuses): one error instead."""
+    src = str(tmp_path / "huge_ti.ckpt")
+    formats.write(src, "<huge>", [np.full((1, 32), 1e6, np.float32), np.ones((1, 64), np.float32)], "ours")
+    code, _, err = run_tool(capsys, "export_embedding.py", "--src", src, "--format", "a1111", "--dst",
+                            str(tmp_path / "out") + "/", "--dtype", "fp16")
+    assert code == 1 and err.count("\n") == 1 and "RuntimeWarning" not in err
+    assert err.startswith(f"error: {tmp_path / 'out' / 'huge.safetensors'}: vectors with values up to 1e+06 do not "
+                          "fit float16"), err
+    assert os.listdir(tmp_path) == ["huge_ti.ckpt"]
 
 
 def test_export_tool_converts_into_ours(work, tmp_path, capsys):

@@ -369,7 +369,8 @@ def test_a_used_save_path_is_refused_unless_overwritten(weights, finished_run, t
                                   "total_step", "train_batch_size", "gradient_accumulation_steps",
                                   "save_ckpt_interval", "infer_prompt", "config_key", "concepts_key", "num_vectors",
                                   "num_vectors_prompt", "concepts_num_vectors", "betas", "center_crop",
-                                  "resolution_model", "initializer_token", "save_path_empty"])
+                                  "resolution_model", "initializer_token", "save_path_empty", "concepts_data_path",
+                                  "concepts_template_file"])
 def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weights, tmp_path, capsys, keep_mode):
     """Every count, interval and rate is checked before the model is built; the error names the flag,
     or the config file or --concepts file and key the value came from."""
@@ -404,7 +405,16 @@ def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weigh
         "resolution_model": (["--resolution", "40"], "--resolution 40: this model needs a multiple of 32"),
         "initializer_token": (["--initializer_token", ""], "--initializer_token '' is 0 tokens"),
         "save_path_empty": (["--save_path", ""], "--save_path '': expected a folder"),
+        "concepts_data_path": (["--concepts", str(tmp_path / "paths.yaml")],
+                               f"--concepts {tmp_path / 'paths.yaml'}: concept 1: data_path {tmp_path / 'nowhere'}: "
+                               "no such folder"),
+        "concepts_template_file": (["--concepts", str(tmp_path / "templates.yaml")],
+                                   f"--concepts {tmp_path / 'templates.yaml'}: concept 1: template_file "
+                                   f"{tmp_path / 'none.txt'}: no such file"),
     }[case]
+    (tmp_path / "paths.yaml").write_text("concepts:\n  - {placeholder_token: '<a>', data_path: nowhere}\n")
+    (tmp_path / "templates.yaml").write_text(f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}, "
+                                             "template_file: none.txt}\n")
     (tmp_path / "betas.yaml").write_text(f"base: {TINY_TRAIN}\noptim:\n  betas: [0.9]\n")
     (tmp_path / "crop.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  center_crop: maybe\n")
     (tmp_path / "many.yaml").write_text(f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}, "

@@ -55,17 +55,17 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
-def image_files(folder):
+def image_files(folder, flag="--data_path"):
     """Sorted image paths of ``folder`` (by name; hidden files skipped); UsageError if there are none."""
     if not os.path.exists(folder):
-        raise UsageError(f"--data_path {folder}: no such folder")
+        raise UsageError(f"{flag} {folder}: no such folder")
     if not os.path.isdir(folder):
-        raise UsageError(f"--data_path {folder}: not a folder (expected a folder of images)")
+        raise UsageError(f"{flag} {folder}: not a folder (expected a folder of images)")
     names = sorted(n for n in os.listdir(folder)
                    if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
                    and os.path.isfile(os.path.join(folder, n)))
     if not names:
-        raise UsageError(f"--data_path {folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+        raise UsageError(f"{flag} {folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
     return [os.path.join(folder, n) for n in names]
 
 
@@ -86,7 +86,7 @@ def size_problem(width, height, resolution):
     return None
 
 
-def read_image(path, resolution=None):
+def read_image(path, resolution=None, flag="--data_path"):
     """The image at ``path`` as RGB, or None (with one warning line naming the file) if it cannot be read
     or, given the training ``resolution``, its size is not usable (:func:`size_problem`)."""
     try:
@@ -95,27 +95,27 @@ def read_image(path, resolution=None):
             with Image.open(path) as image:
                 problem = resolution and size_problem(image.width, image.height, resolution)
                 if problem:
-                    warn(f"--data_path: skipping {path}: {problem}")
+                    warn(f"{flag}: skipping {path}: {problem}")
                     return None
                 image.load()
                 return to_rgb(ImageOps.exif_transpose(image))
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        warn(f"--data_path: skipping {path}: not a readable image ({e})")
+        warn(f"{flag}: skipping {path}: not a readable image ({e})")
         return None
 
 
-def iter_images(folder, resolution=None):
+def iter_images(folder, resolution=None, flag="--data_path"):
     """Yield ``(path, RGB image)`` for the usable images of ``folder`` (readable and, given ``resolution``,
     of a usable size), one at a time, by name; UsageError if there are none."""
-    paths = image_files(folder)
+    paths = image_files(folder, flag)
     found = 0
     for path in paths:
-        image = read_image(path, resolution)
+        image = read_image(path, resolution, flag)
         if image is not None:
             found += 1
             yield path, image
     if not found:
-        raise UsageError(f"--data_path {folder}: none of its {len(paths)} image files can be used (each one is "
+        raise UsageError(f"{flag} {folder}: none of its {len(paths)} image files can be used (each one is "
                          "named in a warning above)")
 
 
@@ -124,7 +124,7 @@ def load_images(folder, resolution=None):
     return list(iter_images(folder, resolution))
 
 
-def read_caption(image_path, placeholder_token):
+def read_caption(image_path, placeholder_token, flag="--data_path"):
     """Caption templates of an image from ``<stem>.txt`` beside it, or None if there is none.
 
     Each non-empty line is one caption (one is picked per sample). The placeholder is written as
@@ -142,18 +142,18 @@ def read_caption(image_path, placeholder_token):
         with open(path, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--data_path: caption {path}: cannot read it as UTF-8 text ({e})") from e
+        raise UsageError(f"{flag}: caption {path}: cannot read it as UTF-8 text ({e})") from e
     captions = []
     for number, line in enumerate(lines, 1):
         if not line:
             continue
         line = line.replace(placeholder_token, "{}")
         if "{}" not in line:
-            raise UsageError(f"--data_path: caption {path} line {number} mentions neither {{}} nor "
+            raise UsageError(f"{flag}: caption {path} line {number} mentions neither {{}} nor "
                              f"{placeholder_token}: {line!r}")
         captions.append(line)
     if not captions:
-        raise UsageError(f"--data_path: caption {path} is empty")
+        raise UsageError(f"{flag}: caption {path} is empty")
     return captions
 
 
@@ -231,16 +231,16 @@ class TIDataset:
         self.flip_p = float(flip_p)
         self.repeats = int(repeats)
         self.seed = int(seed)
-        self.templates = load_templates(learnable_property, template_file)
+        self.templates = load_templates(learnable_property, template_file, name)
         source = f" of {name('template_file')} {template_file}" if template_file else ""
         check_vectors(name("num_vectors"), self.num_vectors,
                       [(t, f"the template {t!r}{source}") for t in self.templates])
         self.paths, self.captions, self.views = [], [], []
         self._crops = []
         self._view_ids = {}
-        for index, (path, image) in enumerate(iter_images(folder, self.resolution)):
+        for index, (path, image) in enumerate(iter_images(folder, self.resolution, name("data_path"))):
             self.paths.append(path)
-            self.captions.append(read_caption(path, placeholder_token))
+            self.captions.append(read_caption(path, placeholder_token, name("data_path")))
             check_vectors(name("num_vectors"), self.num_vectors,
                           [(c, f"the caption {c!r} of {path}") for c in self.captions[-1] or ()])
             self._add_views(index, image)

@@ -136,6 +136,10 @@ def write(dst, token, rows, fmt, dtype=np.float32):
     problem = _rows_problem(dst, rows, ENCODER_KEYS) or (None if token else f"{dst}: empty token")
     if problem:
         raise ValueError(problem)
+    largest = max(float(np.abs(r).max()) for r in rows)
+    if largest > np.finfo(dtype).max:
+        raise WeightFileError(f"{dst}: vectors with values up to {largest:.3g} do not fit {np.dtype(dtype).name} "
+                              f"(at most {float(np.finfo(dtype).max):.5g}); store them as float32 (--dtype fp32)")
     count = np.asarray(rows[0].shape[0], np.int64)
     if fmt in ("ours", "mindone"):
         names = ENCODER_KEYS if fmt == "ours" else MINDONE_KEYS

@@ -87,30 +87,31 @@ def check_property(learnable_property, name="--learnable_property"):
                          f"{', '.join(TEMPLATES)}")
 
 
-def read_template_file(path):
+def read_template_file(path, name="--template_file"):
     """Templates from a text file: one per line, blank lines skipped, each must contain ``{}``."""
     if not os.path.isfile(path):
-        raise UsageError(f"--template_file {path}: no such file")
+        raise UsageError(f"{name} {path}: no such file")
     try:
         with open(path, encoding="utf-8") as f:
             lines = [line.strip() for line in f]
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"--template_file {path}: cannot read it as UTF-8 text ({e})") from e
+        raise UsageError(f"{name} {path}: cannot read it as UTF-8 text ({e})") from e
     templates = []
     for number, line in enumerate(lines, 1):
         if not line:
             continue
         if "{}" not in line:
-            raise UsageError(f"--template_file {path}: line {number} has no {{}} placeholder: {line!r}")
+            raise UsageError(f"{name} {path}: line {number} has no {{}} placeholder: {line!r}")
         templates.append(line)
     if not templates:
-        raise UsageError(f"--template_file {path}: no templates (expected one per line, each with {{}})")
+        raise UsageError(f"{name} {path}: no templates (expected one per line, each with {{}})")
     return templates
 
 
-def load_templates(learnable_property, template_file=None):
-    """The template list for a property (object, style, face), or the file's templates if given."""
-    check_property(learnable_property)
+def load_templates(learnable_property, template_file=None, name="--{}".format):
+    """The template list for a property (object, style, face), or the file's templates if given;
+    ``name(key)`` is how an error names ``learnable_property`` or ``template_file`` (default: its flag)."""
+    check_property(learnable_property, name("learnable_property"))
     if template_file is not None:
-        return read_template_file(template_file)
+        return read_template_file(template_file, name("template_file"))
     return list(TEMPLATES[learnable_property])

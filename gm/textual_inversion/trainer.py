@@ -173,7 +173,8 @@ def check_settings(s):
         if c.initializer_token is not None:
             check_initializer(c.label("initializer_token"), c.initializer_token)
         source = f" of {c.label('template_file')} {c.template_file}" if c.template_file else ""
-        prompts = [(t, f"the template {t!r}{source}") for t in load_templates(c.learnable_property, c.template_file)]
+        templates = load_templates(c.learnable_property, c.template_file, c.label)
+        prompts = [(t, f"the template {t!r}{source}") for t in templates]
         if s.infer_during_train:
             prompt = s.infer_prompt or INFER_PROMPTS[c.learnable_property]
             prompts.append((prompt, f"--infer_prompt {prompt!r}" if s.infer_prompt else

@@ -37,7 +37,7 @@ def word_problem(word, num_vectors=1):
     from gm.modules.encoders.tokenizer import load_vocab
 
     if not isinstance(word, str):
-        return f"is a {type(word).__name__}, not a word"
+        return f"is not text ({type(word).__name__})"
     if not word.strip():
         return "is empty"
     if word.split() != [word]:
