@@ -530,3 +530,31 @@ def test_resume_with_nothing_to_train_writes_nothing(weights, finished_run, tmp_
     code, _, err = train_here(capsys, *quick(weights, save, "--resume", "True", "--total_step", "2"))
     assert code == 1 and "already at step 2 (--total_step 2)" in error_line(err)
     assert snapshot(save) == before
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("no_step", "holds no valid step"),
+    ("no_concepts", "names no concepts"),
+    ("other_shape", "is not the state of this run (rows_0: shape [3, 32], expected [1, 32])"),
+    ("no_moments", "is not the state of this run (moment_0: missing, expected [1, 32])"),
+])
+def test_resume_from_a_foreign_state_is_one_error(case, expected, weights, finished_run, tmp_path, capsys, keep_mode):
+    """A train_state.ckpt that is not this run's (keys missing, other shapes) was a KeyError traceback; now one
+    error naming the file, and the run's files stay as they were."""
+    from gm.weight_files import write_ckpt
+
+    save = copy_of(finished_run, tmp_path)
+    state = os.path.join(save, "train_state.ckpt")
+    good = read_ti(state)
+    rows = {k: v for k, v in good.items() if k.startswith(("rows_", "moment_"))}
+    items = {"no_step": [("placeholder_token", good["placeholder_token"]), *rows.items()],
+             "no_concepts": [("step", good["step"]), *rows.items()],
+             "other_shape": [("placeholder_token", good["placeholder_token"]), ("step", good["step"]),
+                             *{**rows, "rows_0": np.ones((3, 32), np.float32)}.items()],
+             "no_moments": [("placeholder_token", good["placeholder_token"]), ("step", good["step"]),
+                            ("rows_0", rows["rows_0"]), ("rows_1", rows["rows_1"])]}[case]
+    write_ckpt(state, items)
+    before = snapshot(save)
+    code, _, err = train_here(capsys, *quick(weights, save, "--resume", "True", "--total_step", "3"))
+    assert code == 1 and error_line(err).startswith(f"error: --resume: {state} ") and expected in error_line(err)
+    assert "Traceback" not in err and snapshot(save) == before

@@ -238,6 +238,14 @@ class Trainer:
         self.optimizer = ClippedAdamW(self.params, s.betas, s.eps, s.weight_decay,
                                       s.max_grad_norm if s.clip_grad else None)
         if s.resume:
+            shapes = [tuple(p.shape) for p in self.params]
+            expected = {f"rows_{i}": shape for i, shape in enumerate(shapes)}
+            expected.update({f"moment_{i}": shapes[i % len(shapes)] for i in range(2 * len(shapes))})
+            for key, shape in expected.items():
+                if key not in state or state[key].shape != shape:
+                    found = f"shape {list(state[key].shape)}" if key in state else "missing"
+                    raise UsageError(f"--resume: {self.out.state_path} is not the state of this run ({key}: {found}, "
+                                     f"expected {list(shape)}); start a new run with --overwrite True")
             for i, param in enumerate(self.params):
                 param.set_data(Tensor(state[f"rows_{i}"]))
             self.optimizer.load_state([state[f"moment_{i}"] for i in range(2 * len(self.params))])
@@ -288,12 +296,20 @@ class Trainer:
         if not os.path.isfile(path):
             raise UsageError(f"--resume: no saved state at {path} (nothing to resume in --save_path)")
         with open_weights(path) as reader:
-            if reader.get("placeholder_token") != self._identity():
-                raise UsageError(f"--resume: {path} was saved for other concepts "
-                                 f"({reader.get('placeholder_token')!r}, not {self._identity()!r})")
+            saved = reader.get("placeholder_token") if "placeholder_token" in reader.keys() else None
+            if not isinstance(saved, str):
+                raise UsageError(f"--resume: {path} names no concepts; it is not a training state of this toolkit "
+                                 "(start a new run with --overwrite True)")
+            if saved != self._identity():
+                raise UsageError(f"--resume: {path} was saved for other concepts ({saved!r}, not "
+                                 f"{self._identity()!r})")
             state = {k: np.array(reader.get(k), np.float32) for k in reader.keys()
-                     if k.startswith(("rows_", "moment_"))}
-            state["step"] = int(np.asarray(reader.get("step")).reshape(-1)[0])
+                     if k.startswith(("rows_", "moment_")) and not isinstance(reader.get(k), str)}
+            step = np.asarray(reader.get("step")) if "step" in reader.keys() else np.zeros(0)
+            if step.size != 1 or not np.issubdtype(step.dtype, np.integer) or int(step.reshape(())) < 0:
+                raise UsageError(f"--resume: {path} holds no valid step; it is not a training state of this "
+                                 "toolkit (start a new run with --overwrite True)")
+            state["step"] = int(step.reshape(()))
         if state["step"] >= self.s.total_step:
             raise UsageError(f"--resume: the run in {self.s.save_path} is already at step {state['step']} "
                              f"({setting_name(self.s, 'total_step')} {self.s.total_step}); nothing to train (give a "
