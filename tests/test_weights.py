@@ -320,3 +320,23 @@ def test_damaged_ckpt_tensor_is_refused(tmp_path):
                                               r"the file holds 24"):
         with open_weights(path):
             pass
+
+
+def test_fp16_conversion_of_values_beyond_its_range_is_refused(tiny_file, tmp_path):
+    """--dtype fp16 would store values past 65504 as inf: one error naming the tensor, no .ckpt written."""
+    from gm.weight_files import write_safetensors
+
+    key = "model.diffusion_model.out.2.bias"
+    src, dst = str(tmp_path / "hot.safetensors"), str(tmp_path / "hot.ckpt")
+    with open_weights(tiny_file) as reader:
+        entries = []
+        for k in reader.keys():
+            value = np.array(reader.get(k)) if k != key else np.full(reader.shape(k), 1e6, np.float32)
+            entries.append((k, value.shape, value.dtype, lambda v=value: v))
+        write_safetensors(src, entries)
+    result = tool("convert_weight.py", "--src", src, "--dst", dst, "--config", TINY_CONFIG, "--dtype", "fp16")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {src}: tensor {key} has values beyond float16's range (they would be stored as inf); "
+                      "convert with --dtype fp32"], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and sorted(os.listdir(tmp_path)) == ["hot.safetensors"]

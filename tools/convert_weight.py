@@ -139,7 +139,13 @@ def convert(src, dst, config_path, dtype="fp32"):
 
         def tensors():
             for name in tqdm(names, desc="converting", unit="tensor", file=sys.stderr):
-                yield name, np.asarray(source.get(name), dtype=target)
+                value = source.get(name)
+                with np.errstate(over="ignore"):
+                    converted = np.asarray(value, dtype=target)
+                if not np.isfinite(converted).all() and np.isfinite(value).all():
+                    raise WeightFileError(f"{src}: tensor {name} has values beyond {np.dtype(target).name}'s range "
+                                          "(they would be stored as inf); convert with --dtype fp32")
+                yield name, converted
 
         write_ckpt(dst, tensors())
     finally:
