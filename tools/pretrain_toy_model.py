@@ -12,7 +12,6 @@ Stages, each resumable from its last state in --work_dir (run the same command a
 Settings come from the config's ``pretrain:`` section. Nothing of the toy world is held in git but
 its seed: every picture and caption is drawn again from it.
 """
-import argparse
 import json
 import os
 import sys
@@ -24,13 +23,13 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from gm.build import load_config  # noqa: E402
-from gm.cli import UsageError, add_device_args, run  # noqa: E402
+from gm.cli import ArgumentParser, UsageError, add_device_args, run  # noqa: E402
 
 STAGES = ("vae", "latents", "unet", "export")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/training/sd_xl_toy_pretrain.yaml",
                    help="model config with a pretrain: section")
     p.add_argument("--work_dir", default="runs/toy_pretrain", help="states, logs and cached latents (resumable)")
