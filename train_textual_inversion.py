@@ -10,11 +10,11 @@ import argparse
 import os
 import sys
 
+from gm.cli import ArgumentParser, add_device_args, run, str2bool
+from gm.errors import UsageError
+
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, ROOT)
-
-from gm.cli import ArgumentParser, UsageError, add_device_args, run, str2bool  # noqa: E402
-
 DEMO = {
     "config": "configs/training/sd_xl_tiny_finetune_textual_inversion.yaml",
     "weight": "checkpoints/sd_xl_tiny_random.safetensors",
@@ -130,7 +130,7 @@ def concepts_from_file(path):
 
 def settings(args):
     """Flags merged over the training config."""
-    from gm.build import load_config
+    from gm.config import load_config
     from gm.textual_inversion.trainer import OPTIONS, Concept, Settings
 
     config = load_config(args.config)
@@ -176,7 +176,7 @@ def given_flags(argv):
 
 def main(argv=None):
     args = parser().parse_args(argv)
-    from gm.inference import init_mindspore
+    from gm.runtime import init_mindspore
     from gm.parallel import init_parallel
 
     init_mindspore(args.device_target, args.ms_mode)

@@ -28,7 +28,6 @@ SCRIPT = os.path.join(ROOT, "train_textual_inversion.py")
 # and prints those times from every rank.
 DRIVER = f"""
 import json, os, runpy, sys, time
-sys.path.insert(0, {ROOT!r})
 import mindspore as ms
 ms.device_context.cpu.op_tuning.threads_num(int(os.environ["BENCH_THREADS"]))
 from gm.textual_inversion import trainer
@@ -102,7 +101,7 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         if args.weight is None:
             sys.path.insert(0, ROOT)
-            from gm.random_weights import write_random_checkpoint
+            from gm.checkpoints.random_weights import write_random_checkpoint
 
             args.weight = os.path.join(work, "weights.safetensors")
             write_random_checkpoint(args.config, args.weight, seed=0)

@@ -1,4 +1,4 @@
-"""Seconds per image at a fixed number of steps: our Sampler against diffusers' StableDiffusionXLPipeline.
+"""Seconds per image at a fixed number of steps: our SamplingPipeline against diffusers' StableDiffusionXLPipeline.
 
     python bench/sampling.py                                               # SDXL-base shapes, 256x256
     python bench/sampling.py --config configs/inference/sd_xl_tiny.yaml --size 64
@@ -18,11 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from side_by_side import peak_rss_gb, run_sides
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from side_by_side import peak_rss_gb, run_sides  # noqa: E402
-
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 
 
@@ -40,12 +39,12 @@ def run_ours(args):
     import mindspore as ms
 
     from gm.build import build_model
-    from gm.inference import Sampler
+    from gm.inference import SamplingPipeline
     from gm.modules.diffusionmodules.sampling import make_sampler
 
     ms.set_context(mode=args.ms_mode)
     ms.set_device("CPU")
-    sampler = Sampler(build_model(args.config, args.weights))
+    sampler = SamplingPipeline(build_model(args.config, args.weights))
     method = make_sampler("euler", args.steps, 5.0, spacing="leading")
     return time_runs(lambda: sampler.sample([PROMPT] * args.batch, args.size, args.size, seed=0, sampler=method),
                      args.repeat)
@@ -64,7 +63,7 @@ def diffusers_pipeline(config_path, weights):
     from conftest import diffusers_unet_config
     from test_tokenizer import write_hf_vocab
 
-    from gm.weight_files import open_weights
+    from gm.checkpoints.weight_files import open_weights
 
     config = OmegaConf.to_container(OmegaConf.load(config_path))
     enc1, enc2 = (m["params"] for m in config["model"]["params"]["conditioner_config"]["params"]["emb_models"][:2])
@@ -150,7 +149,7 @@ def main():
     if args.which != "both":
         return child(args)
     if args.weights is None:
-        from gm.random_weights import write_random_checkpoint
+        from gm.checkpoints.random_weights import write_random_checkpoint
 
         name = os.path.splitext(os.path.basename(args.config))[0]
         dtype = "fp32" if "tiny" in name else "fp16"

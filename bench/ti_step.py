@@ -26,11 +26,10 @@ import sys
 import tempfile
 import time
 
+from side_by_side import peak_rss_gb
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from side_by_side import peak_rss_gb  # noqa: E402
-
 PRESETS = {"tiny": ("configs/inference/sd_xl_tiny.yaml", 64), "base": ("configs/inference/sd_xl_base.yaml", 256)}
 PROMPT = "a photo of a {}"
 TOKEN = "<bench-token>"
@@ -85,7 +84,7 @@ def make_spec(config_path, size, batch):
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from conftest import diffusers_unet_config
-    from gm.layout import official_layout
+    from gm.checkpoints.layout import official_layout
 
     cfg = OmegaConf.to_container(OmegaConf.load(config_path))
     shapes = {k: torch.empty(s, device="meta") for k, (s, _) in official_layout(config_path).items()}
@@ -278,10 +277,9 @@ def run_ours(spec, steps, threads, ms_mode):
     from mindspore import Tensor, nn, ops
     from mindspore.nn.utils import no_init_parameters
 
-    from gm.build import load_config
+    from gm.config import instantiate_from_config, load_config
     from gm.textual_inversion.embeddings import add_concept
     from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr
-    from gm.util import instantiate_from_config
 
     ms.set_context(mode=ms_mode)
     ms.set_device("CPU")

@@ -10,13 +10,11 @@ model composes what it never saw together (textual inversion later teaches them 
 """
 import argparse
 import os
-import sys
+
+import numpy as np
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import numpy as np  # noqa: E402
-
 FRESH_STREAM = 1000  # seed stream of the evaluation captions; pretraining uses streams 1-4
 ATTRIBUTES = ("shape", "colour", "pattern", "background")
 
@@ -59,14 +57,14 @@ def main():
     import mindspore as ms
     from gm.build import build_model
     from gm.images import make_grid, save_png
-    from gm.inference import Sampler
+    from gm.inference import SamplingPipeline
     from gm.modules.diffusionmodules.sampling import make_sampler
     from gm.toyworld import meter
     from gm.toyworld.world import HELD_OUT, full_caption
 
     ms.set_context(mode=0)
     ms.set_device("CPU")
-    sampler = Sampler(build_model(args.config, args.weight))
+    sampler = SamplingPipeline(build_model(args.config, args.weight))
     method = make_sampler("euler", args.steps, args.guidance)
     size = 64
     scenes = seen_scenes(args.count, size)

@@ -13,10 +13,9 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from side_by_side import peak_rss_gb, run_sides
 
-from side_by_side import peak_rss_gb, run_sides  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def inputs(params, size, batch, seed=0):
@@ -46,8 +45,7 @@ def run_ours(config, size, batch, repeat, mode):
     import mindspore as ms
     from mindspore import Tensor, nn
     from mindspore.nn.utils import no_init_parameters
-    from gm.build import load_config
-    from gm.util import instantiate_from_config
+    from gm.config import instantiate_from_config, load_config
 
     ms.set_context(mode=mode)
     ms.set_device("CPU")
@@ -81,7 +79,7 @@ def run_diffusers(config, size, batch, repeat, mode):
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from conftest import diffusers_unet_config
-    from gm.layout import official_layout
+    from gm.checkpoints.layout import official_layout
 
     torch.set_num_threads(os.cpu_count())
     cfg = OmegaConf.to_container(OmegaConf.load(config))

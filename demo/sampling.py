@@ -20,23 +20,24 @@ import time
 
 import streamlit as st
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from demo.mindspore_in_streamlit import import_mindspore  # noqa: E402
+from gm.mindspore_in_streamlit import import_mindspore
 
 import_mindspore()
 
-from PIL import Image  # noqa: E402
+from PIL import Image  # noqa: E402 (after import_mindspore)
 
-from gm.build import build_model, load_config  # noqa: E402
-from gm.cli import (MAX_IMAGE_SIDE, MAX_IMAGES, ArgumentParser, ConfigError, UsageError, device_name,  # noqa: E402
-                    ms_mode)
-from gm.images import make_grid  # noqa: E402
-from gm.inference import Sampler, default_size, init_mindspore  # noqa: E402
-from gm.modules.diffusionmodules.discretizer import SPACINGS  # noqa: E402
-from gm.modules.diffusionmodules.sampling import make_sampler  # noqa: E402
-from gm.weight_files import WeightFileError  # noqa: E402
+from gm.build import build_model  # noqa: E402 (after import_mindspore)
+from gm.cli import ArgumentParser, device_name, ms_mode  # noqa: E402 (after import_mindspore)
+from gm.config import load_config  # noqa: E402 (after import_mindspore)
+from gm.constants import MAX_IMAGES, MAX_IMAGE_SIDE  # noqa: E402 (after import_mindspore)
+from gm.errors import ConfigError, UsageError, WeightFileError  # noqa: E402 (after import_mindspore)
+from gm.images import make_grid  # noqa: E402 (after import_mindspore)
+from gm.inference import SamplingPipeline, default_size  # noqa: E402 (after import_mindspore)
+from gm.runtime import init_mindspore  # noqa: E402 (after import_mindspore)
+from gm.modules.diffusionmodules.discretizer import SPACINGS  # noqa: E402 (after import_mindspore)
+from gm.modules.diffusionmodules.sampling import make_sampler  # noqa: E402 (after import_mindspore)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SAMPLER_LABELS = {"euler": "Euler EDM", "euler_a": "Euler ancestral", "dpmpp_2m": "DPM++ 2M"}
 BAD_INPUT = (UsageError, ConfigError, WeightFileError)
@@ -83,12 +84,12 @@ def setup(device_target, mode):
 
 @st.cache_resource(max_entries=1, show_spinner="Loading the model ...")
 def load(config_path, weight_path):
-    """(Sampler, lock, config) for a config and weights, built once and shared by every session; choosing
+    """(SamplingPipeline, lock, config) for a config and weights, built once and shared by every session; choosing
     other ones frees these (two SDXL models would not fit in memory)."""
     config = load_config(config_path)
     if not os.path.isfile(weight_path):
         raise UsageError(f"{weight_path}: no such weight file")
-    return Sampler(build_model(config, weight_path)), threading.Lock(), config
+    return SamplingPipeline(build_model(config, weight_path)), threading.Lock(), config
 
 
 def saved_upload(upload):

@@ -14,15 +14,15 @@ import argparse
 import glob
 import os
 import re
-import sys
 import time
 
+from gm.checks import check_outputs, check_side, check_value
+from gm.cli import ArgumentParser, add_device_args, run
+from gm.constants import MAX_IMAGES
+from gm.errors import UsageError, warn
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from gm.cli import (MAX_IMAGES, ArgumentParser, UsageError, add_device_args, check_outputs, check_side,  # noqa: E402
-                    check_value, run, warn)
-
 SAMPLER_ALIASES = {"EulerEDMSampler": "euler", "EulerAncestralSampler": "euler_a", "DPMPP2MSampler": "dpmpp_2m"}
 SAMPLER_NAMES = ("euler", "euler_a", "dpmpp_2m")
 SPACINGS = ("sgm", "leading", "trailing", "linspace")
@@ -216,14 +216,16 @@ def main(argv=None):
     check_embeddings(args.textual_inversion_weight)
     from PIL import Image
 
-    from gm.build import build_model, load_config
-    from gm.inference import Sampler, init_mindspore
+    from gm.build import build_model
+    from gm.config import load_config
+    from gm.inference import SamplingPipeline
+    from gm.runtime import init_mindspore
     from gm.modules.diffusionmodules.sampling import make_sampler
 
     config = load_config(args.config)
     image = read_input_image(args.img) if args.task == "img2img" else None
     init_mindspore(args.device_target, args.ms_mode)
-    sampler = Sampler(build_model(config, args.weight, args.ms_amp_level, args.amp_dtype))
+    sampler = SamplingPipeline(build_model(config, args.weight, args.ms_amp_level, args.amp_dtype))
     height, width = image_size(args, config, image, sampler.size_multiple)
     if image is not None:
         image = image.resize((width, height), Image.BICUBIC)

@@ -1,37 +1,16 @@
 """Building the model from a config file and loading its weights."""
-import os
 
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 from mindspore.nn.utils import no_init_parameters
-from omegaconf import OmegaConf
 
-from gm.cli import AMP_DTYPES, AMP_LEVELS, ConfigError
-from gm.layout import check_layout, model_parameters
+from gm.checkpoints.layout import check_layout, model_parameters
+from gm.checkpoints.weight_files import open_weights
+from gm.config import instantiate_from_config, load_config
+from gm.constants import AMP_DTYPES, AMP_LEVELS
+from gm.errors import ConfigError
 from gm.modules.layers import GroupNorm, LayerNorm
-from gm.util import instantiate_from_config
-from gm.weight_files import open_weights
-
-
-def load_config(path):
-    """Read a YAML config with a ``model: {target, params}`` node.
-
-    ``base: other.yaml`` (relative to the file) is read first and this file merged over it, so a
-    training config can reuse an inference config's model.
-    """
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: no such config file")
-    try:
-        config = OmegaConf.load(path)
-    except Exception as e:  # omegaconf/yaml raise many types for a bad file
-        raise ConfigError(f"{path}: not a readable YAML config ({type(e).__name__})") from None
-    if "base" in config:
-        base = load_config(os.path.join(os.path.dirname(path), config.pop("base")))
-        config = OmegaConf.merge(base, config)
-    if "model" not in config or "target" not in config.model:
-        raise ConfigError(f"{path}: not a model config (no model.target)")
-    return config
 
 
 def size_multiple(config):

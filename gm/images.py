@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image, ImageDraw
 
-from gm.weight_files import atomic_output
+from gm.files import atomic_output
 
 
 def save_png(image, path):

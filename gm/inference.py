@@ -2,71 +2,14 @@
 import re
 
 import numpy as np
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from gm.cli import DEVICES, UsageError
-from gm.modules.diffusionmodules.openaimodel import Downsample
-from gm.textual_inversion.words import placeholder_tokens
+from gm.errors import UsageError
 from gm.textual_inversion.embeddings import add_concept, expand_prompt, load_ti
+from gm.textual_inversion.words import placeholder_tokens
 
 LATENT_CHANNELS = 4
-VAE_FACTOR = 8
 PLACEHOLDER = re.compile(r"<[^<>|\s]+>")
-
-
-def init_mindspore(device_target=None, mode=0):
-    """Graph (0) or PyNative (1) mode on ``device_target`` (default: the installed MindSpore's).
-
-    A device this MindSpore cannot use is one UsageError; the log lines MindSpore writes while it
-    probes the device are dropped then (the error says why) and passed on when the device works.
-    """
-    if mode not in (0, 1) or isinstance(mode, bool):
-        raise UsageError(f"--ms_mode {mode!r}: expected 0 (graph mode) or 1 (PyNative)")
-    ms.set_context(mode=mode)
-    if not device_target:
-        return
-    if device_target not in DEVICES:
-        raise UsageError(f"--device_target {device_target!r}: expected one of {', '.join(DEVICES)}")
-    held = _HeldLog()
-    try:
-        with held:
-            ms.set_device(device_target)
-    except (RuntimeError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0]
-        raise UsageError(f"--device_target {device_target}: not usable with this MindSpore ({reason})") from None
-    held.replay()
-
-
-class _HeldLog:
-    """Holds back what MindSpore's Python logger writes inside the ``with`` block; ``replay()`` writes it."""
-
-    def __init__(self):
-        from mindspore import log
-
-        self.records = []
-        try:
-            self.logger = log._get_logger()  # noqa: SLF001 -- MindSpore has no public handle on its logger
-        except Exception:  # another MindSpore version: let its log lines through
-            self.logger = None
-
-    def filter(self, record):
-        self.records.append(record)
-        return False
-
-    def __enter__(self):
-        if self.logger is not None:
-            self.logger.addFilter(self)
-        return self
-
-    def __exit__(self, *exc):
-        if self.logger is not None:
-            self.logger.removeFilter(self)
-
-    def replay(self):
-        for record in self.records:
-            self.logger.handle(record)
-        self.records = []
 
 
 def default_size(config):
@@ -133,7 +76,7 @@ class _Decode(nn.Cell):
         return self.engine.decode_first_stage(z)
 
 
-class Sampler:
+class SamplingPipeline:
     """Text-to-image and image-to-image sampling with classifier-free guidance and learned words.
 
     Every network runs through a top-level cell compiled once (graph mode) and reused; adding a
@@ -149,9 +92,8 @@ class Sampler:
 
     @property
     def size_multiple(self):
-        """What image sides must be multiples of: the VAE's factor 8 times 2 per UNet downsampling."""
-        unet = self.engine.model.diffusion_model
-        return VAE_FACTOR * 2 ** sum(isinstance(cell, Downsample) for _, cell in unet.cells_and_names())
+        """What image sides must be multiples of (32 for SDXL)."""
+        return self.engine.size_multiple
 
     # -- learned words -----------------------------------------------------------------------------
     @property
@@ -261,7 +203,8 @@ class Sampler:
         sampler = sampler or self.engine.sampler
         cond, uncond = self.encode(prompts, height, width, negative)
         rng = np.random.default_rng(seed)
-        noise = _normal(rng, (len(prompts), LATENT_CHANNELS, height // VAE_FACTOR, width // VAE_FACTOR))
+        factor = self.engine.first_stage_model.downsampling_factor
+        noise = _normal(rng, (len(prompts), LATENT_CHANNELS, height // factor, width // factor))
         x = sampler(self.engine, noise, cond, uncond, num_steps=num_steps, rng=rng, callback=callback)
         return to_uint8(self._decode(x))
 

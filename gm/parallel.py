@@ -32,7 +32,7 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 from mindspore.communication import get_group_size, get_rank, init
 
-from gm.cli import UsageError
+from gm.errors import ParallelError
 
 TIMEOUTS = {"MS_TOPO_TIMEOUT": "90", "MS_NODE_TIMEOUT": "90"}
 # MindSpore's scheduler for an mpirun job. It ignores SIGTERM, which mpirun sends to rank 0's
@@ -41,10 +41,6 @@ TIMEOUTS = {"MS_TOPO_TIMEOUT": "90", "MS_NODE_TIMEOUT": "90"}
 SCHEDULER = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
              "signal.signal(signal.SIGINT, signal.SIG_IGN); "
              "import mindspore as ms; ms.set_device('CPU'); from mindspore.communication import init; init()")
-
-
-class ParallelError(UsageError):
-    """A process of the job could not be started, joined or reached (reported as one line, exit 1)."""
 
 
 def _broken_group(message):

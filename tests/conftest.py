@@ -1,12 +1,10 @@
 """Shared test helpers: configs, tolerances and MindSpore mode switching."""
 import os
-import sys
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 TINY_CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_tiny.yaml")
 BASE_CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_base.yaml")

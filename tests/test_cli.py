@@ -9,7 +9,8 @@ import pytest
 
 from conftest import ROOT, TINY_CONFIG as TINY
 
-from gm.cli import ArgumentParser, UsageError, device_name, ms_mode
+from gm.cli import ArgumentParser, device_name, ms_mode
+from gm.errors import UsageError
 
 
 @pytest.mark.parametrize("script,args,expected", [
@@ -88,7 +89,7 @@ def test_unusable_device_in_training_is_one_line(tmp_path):
 ])
 def test_outputs_that_cannot_be_written_are_one_line(script, args, expected, tmp_path, tmp_path_factory):
     """An output under a file, in a folder that cannot be written, or empty: refused before any work, with
-    one line naming the flag (gm.cli.check_outputs); a bad seed likewise."""
+    one line naming the flag (gm.checks.check_outputs); a bad seed likewise."""
     import numpy as np
 
     from gm.textual_inversion import formats
@@ -96,7 +97,7 @@ def test_outputs_that_cannot_be_written_are_one_line(script, args, expected, tmp
     inputs = tmp_path_factory.mktemp("inputs")
     weights = str(inputs / "tiny.safetensors")
     if not os.path.exists(weights) and "{weights}" in args:
-        from gm.random_weights import write_random_checkpoint
+        from gm.checkpoints.random_weights import write_random_checkpoint
         write_random_checkpoint(TINY, weights)
     ti = str(inputs / "w_ti.ckpt")
     formats.write(ti, "<w>", [np.ones((1, 32), np.float32), np.ones((1, 64), np.float32)], "ours")
@@ -115,10 +116,38 @@ def test_a_write_that_fails_late_is_one_error_and_leaves_nothing(tmp_path):
     file) is a UsageError naming the file, and no temporary file is left behind."""
     import numpy as np
 
-    from gm.weight_files import write_ckpt
+    from gm.checkpoints.weight_files import write_ckpt
 
     (tmp_path / "blocker").write_text("a file")
     target = str(tmp_path / "blocker" / "sub" / "x.ckpt")
     with pytest.raises(UsageError, match=f"^{target}: cannot write it"):
         write_ckpt(target, [("a", np.ones(3, np.float32))])
     assert os.listdir(tmp_path) == ["blocker"]
+
+
+def _imported_modules(path):
+    import ast
+
+    tree = ast.parse(open(path).read(), path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_the_library_never_imports_the_cli():
+    """gm/ (the library) imports nothing from gm/cli.py (the CLIs' plumbing); the errors and constants
+    every layer shares import neither argparse nor MindSpore."""
+    import glob
+
+    library = [p for p in glob.glob(os.path.join(ROOT, "gm", "**", "*.py"), recursive=True)
+               if os.path.relpath(p, ROOT) != os.path.join("gm", "cli.py")]
+    assert len(library) > 30
+    offenders = [os.path.relpath(p, ROOT) for p in library if "gm.cli" in _imported_modules(p)]
+    assert offenders == []
+    for shared in ("errors.py", "constants.py"):
+        imported = _imported_modules(os.path.join(ROOT, "gm", shared))
+        assert not {m for m in imported if m.split(".")[0] in ("argparse", "mindspore")}, shared

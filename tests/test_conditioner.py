@@ -6,8 +6,8 @@ from omegaconf import OmegaConf
 from diffusers.models.embeddings import Timesteps
 
 from conftest import TINY_CONFIG, rel_err
+from gm.checkpoints.random_weights import randomize_cell
 from gm.modules.encoders.modules import ConcatTimestepEmbedderND, GeneralConditioner, TextEmbedder
-from gm.random_weights import randomize_cell
 from test_text_encoders import EOS, TOL, add_hf_rows, hf_clip_g, hf_clip_l, tiny_params
 
 PROMPTS = ["a photo of an astronaut riding a horse on the moon",

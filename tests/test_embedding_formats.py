@@ -23,12 +23,13 @@ from test_tokenizer import write_hf_vocab
 from test_weights import damaged
 
 from gm.build import build_model
-from gm.cli import UsageError, run
+from gm.checkpoints.random_weights import write_random_checkpoint
+from gm.checkpoints.weight_files import open_weights, write_ckpt
+from gm.cli import run
+from gm.errors import UsageError, WeightFileError
 from gm.inference import condition_batch
-from gm.random_weights import write_random_checkpoint
 from gm.textual_inversion import formats
 from gm.textual_inversion.embeddings import add_concept, expand_prompt, load_ti, save_ti
-from gm.weight_files import WeightFileError, open_weights, write_ckpt
 
 TOOLS = os.path.join(ROOT, "tools")
 CLI = os.path.join(ROOT, "demo", "sampling_without_streamlit.py")

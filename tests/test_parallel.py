@@ -20,8 +20,8 @@ import pytest
 
 from conftest import ROOT
 
-from gm.random_weights import write_random_checkpoint
-from gm.weight_files import open_weights
+from gm.checkpoints.random_weights import write_random_checkpoint
+from gm.checkpoints.weight_files import open_weights
 
 SCRIPT = os.path.join(ROOT, "train_textual_inversion.py")
 TINY_TRAIN = os.path.join(ROOT, "configs", "training", "sd_xl_tiny_finetune_textual_inversion.yaml")
@@ -33,7 +33,6 @@ TI_FILE = f"SD-XL-tiny_{STEPS}_ti.ckpt"
 # digest of its learned rows at the end (every rank must end with the same vectors).
 DRIVER = f"""
 import hashlib, os, runpy, sys
-sys.path.insert(0, {ROOT!r})
 from gm.textual_inversion import trainer
 
 rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("MS_NODE_ID")
@@ -55,12 +54,11 @@ sys.argv = [{SCRIPT!r}, *sys.argv[1:]]
 runpy.run_path({SCRIPT!r}, run_name="__main__")
 """
 
-COLLECTIVES = f"""
+COLLECTIVES = """
 import json, sys
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor
-sys.path.insert(0, {ROOT!r})
 from gm.parallel import init_parallel
 
 ms.set_device("CPU")
@@ -348,7 +346,8 @@ def test_a_rank_that_cannot_connect_ends_the_job_with_an_error(mpirun, weights, 
      "MS_SCHED_HOST"),
 ])
 def test_a_launch_that_does_not_match_the_flag_is_refused(launch, enabled, expected, monkeypatch):
-    from gm.parallel import ParallelError, SingleProcess, init_parallel
+    from gm.errors import ParallelError
+    from gm.parallel import SingleProcess, init_parallel
 
     for key in ("MS_ROLE", "MS_WORKER_NUM", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH", "MS_SCHED_HOST",
                 "MS_TOPO_TIMEOUT", "MS_NODE_TIMEOUT", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",

@@ -10,9 +10,9 @@ from PIL import Image
 
 from conftest import ROOT
 
-from gm.random_weights import write_random_checkpoint
+from gm.checkpoints.random_weights import write_random_checkpoint
+from gm.checkpoints.weight_files import write_ckpt, write_safetensors
 from gm.textual_inversion.embeddings import save_ti
-from gm.weight_files import write_ckpt, write_safetensors
 from test_weights import damaged
 
 SCRIPT = os.path.join(ROOT, "demo", "sampling_without_streamlit.py")

@@ -1,4 +1,4 @@
-"""gm.inference.Sampler on the tiny model: learned words (graph mode too), zero unconditional embedding,
+"""gm.inference.SamplingPipeline on the tiny model: learned words (graph mode too), zero unconditional embedding,
 prompt warnings, image-to-image schedule and start, determinism."""
 import numpy as np
 import pytest
@@ -8,12 +8,11 @@ from mindspore import Tensor
 from conftest import TINY_CONFIG
 
 from gm.build import build_model
-from gm.cli import UsageError
-from gm.inference import Sampler, condition_batch, strength_sigmas, to_uint8
+from gm.checkpoints.random_weights import write_random_checkpoint
+from gm.errors import UsageError, WeightFileError
+from gm.inference import SamplingPipeline, condition_batch, strength_sigmas, to_uint8
 from gm.modules.diffusionmodules.sampling import EulerEDMSampler, make_sampler
-from gm.random_weights import write_random_checkpoint
 from gm.textual_inversion.embeddings import concept_rows, save_ti
-from gm.weight_files import WeightFileError
 
 WIDTHS = (32, 64)  # the tiny config's two text encoders
 
@@ -60,7 +59,7 @@ def fresh_embedding(engine, prompt):
 def test_learned_words_after_a_compiled_call(ms_mode, files):
     """Words added or replaced after the conditioner ran (compiled, in graph mode) take effect exactly."""
     engine = build_model(TINY_CONFIG, files["weights"])
-    sampler = Sampler(engine)
+    sampler = SamplingPipeline(engine)
     prompt = "a <cat-toy> in <chinese-art> style"
     before = sampler.embed([prompt], 64, 64)[0].asnumpy()
     assert sampler.load_concept(files["cat"]) == "<cat-toy>"
@@ -85,7 +84,7 @@ def test_learned_words_after_a_compiled_call(ms_mode, files):
 
 
 def test_concept_errors(pynative, engine, files):
-    sampler = Sampler(engine)
+    sampler = SamplingPipeline(engine)
     with pytest.raises(WeightFileError, match="its token 'cat' is already a word of the vocabulary") as e:
         sampler.load_concept(files["word"])
     assert files["word"] in str(e.value)
@@ -99,7 +98,7 @@ def test_concept_errors(pynative, engine, files):
 
 
 def test_empty_negative_prompt_gives_zero_unconditional_embedding(pynative, engine):
-    sampler = Sampler(engine)
+    sampler = SamplingPipeline(engine)
     prompts = ["a red car", "a photo of a dog"]
     pooled = engine.conditioner.pooled_dim
     cond, uncond = (tuple(t.asnumpy() for t in pair) for pair in sampler.encode(prompts, 64, 96, negative=""))
@@ -117,7 +116,7 @@ def test_empty_negative_prompt_gives_zero_unconditional_embedding(pynative, engi
 
 
 def test_prompt_warnings(pynative, engine, files):
-    sampler = Sampler(engine)
+    sampler = SamplingPipeline(engine)
     sampler.load_concept(files["cat"])
     assert sampler.prompt_warnings("a <cat-toy> backpack") == []
     (message,) = sampler.prompt_warnings("a <dog-toy> next to a <cat-toy>")
@@ -150,7 +149,7 @@ class Recording(EulerEDMSampler):
 
 
 def test_img2img_noises_the_image_latent_to_the_first_kept_sigma(pynative, engine):
-    sampler = Sampler(engine)
+    sampler = SamplingPipeline(engine)
     image = np.random.default_rng(0).integers(0, 256, (32, 64, 3), dtype=np.uint8)
     pixels = Tensor((image.astype(np.float32) / 127.5 - 1).transpose(2, 0, 1)[None])
     latent = engine.encode_first_stage(pixels).asnumpy()
@@ -166,7 +165,7 @@ def test_img2img_noises_the_image_latent_to_the_first_kept_sigma(pynative, engin
 
 
 def test_txt2img_is_seeded(pynative, engine):
-    sampler = Sampler(engine)
+    sampler = SamplingPipeline(engine)
     method = make_sampler("euler_a", 1, 1.0)
     first = sampler.sample(["a cat", "a cat"], 32, 32, seed=1, sampler=method)
     assert first.shape == (2, 32, 32, 3) and first.dtype == np.uint8
@@ -179,5 +178,5 @@ def test_txt2img_is_seeded(pynative, engine):
 
 def test_wrappers_keep_parameter_names(engine):
     names = [p.name for p in engine.get_parameters()]
-    Sampler(engine)
+    SamplingPipeline(engine)
     assert [p.name for p in engine.get_parameters()] == names

@@ -7,14 +7,14 @@ import sys
 import time
 import urllib.request
 
-# MindSpore first, so protobuf's pure-Python backend serves both (see demo/mindspore_in_streamlit.py).
+# MindSpore first, so protobuf's pure-Python backend serves both (see gm/mindspore_in_streamlit.py).
 import mindspore  # noqa: F401
 import numpy as np
 import pytest
 
 from conftest import ROOT
 
-from gm.random_weights import write_random_checkpoint
+from gm.checkpoints.random_weights import write_random_checkpoint
 from gm.textual_inversion.embeddings import save_ti
 
 APP = os.path.join(ROOT, "demo", "sampling.py")
@@ -34,7 +34,7 @@ def files(tmp_path_factory):
     write_random_checkpoint(TRAIN_CONFIG, out["weights"], seed=4)
     save_ti(out["cat"], "<cat-toy>", ti_rows(1, 2))
     save_ti(out["art"], "<chinese-art>", ti_rows(2, 1))
-    from gm.weight_files import write_ckpt
+    from gm.checkpoints.weight_files import write_ckpt
     write_ckpt(out["sd1"], [("clip_l", np.zeros((1, 768), np.float32))])
     return out
 

@@ -9,8 +9,8 @@ from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, con
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from conftest import TINY_CONFIG, rel_err
+from gm.checkpoints.random_weights import randomize_cell
 from gm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder2
-from gm.random_weights import randomize_cell
 
 BOS, EOS = 49406, 49407
 PREFIXES = ("conditioner.embedders.0.", "conditioner.embedders.1.")

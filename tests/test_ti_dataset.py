@@ -1,18 +1,16 @@
 """Textual-inversion data: templates, image loading, views (crops, flips, SDXL sizes), sample order."""
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import ROOT
-from gm.cli import UsageError
+from gm.errors import UsageError
 from gm.textual_inversion import TEMPLATES, TIDataset, load_images, load_templates
 from gm.textual_inversion.dataset import RANDOM_CROPS
 
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import make_demo_dataset  # noqa: E402
+from tools import make_demo_dataset
 
 TOKEN = "<cat-toy>"
 

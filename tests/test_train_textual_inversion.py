@@ -12,8 +12,8 @@ import pytest
 
 from conftest import ROOT
 
-from gm.random_weights import write_random_checkpoint
-from gm.weight_files import open_weights
+from gm.checkpoints.random_weights import write_random_checkpoint
+from gm.checkpoints.weight_files import open_weights
 
 SCRIPT = os.path.join(ROOT, "train_textual_inversion.py")
 TINY_TRAIN = os.path.join(ROOT, "configs", "training", "sd_xl_tiny_finetune_textual_inversion.yaml")
@@ -76,7 +76,7 @@ def test_seed_command_runs_end_to_end(seed_command, weights, tmp_path):
 def test_training_learns_and_leaves_the_model_alone(weights, tmp_path):
     """Loss falls, the new rows move, the original tables stay bit-identical (in-process, graph mode)."""
     import mindspore as ms
-    from gm.build import load_config
+    from gm.config import load_config
     from gm.textual_inversion.trainer import Concept, Settings, Trainer
 
     ms.set_context(mode=0)
@@ -541,7 +541,7 @@ def test_resume_with_nothing_to_train_writes_nothing(weights, finished_run, tmp_
 def test_resume_from_a_foreign_state_is_one_error(case, expected, weights, finished_run, tmp_path, capsys, keep_mode):
     """A train_state.ckpt that is not this run's (keys missing, other shapes) was a KeyError traceback; now one
     error naming the file, and the run's files stay as they were."""
-    from gm.weight_files import write_ckpt
+    from gm.checkpoints.weight_files import write_ckpt
 
     save = copy_of(finished_run, tmp_path)
     state = os.path.join(save, "train_state.ckpt")

@@ -8,9 +8,9 @@ import mindspore as ms
 from mindspore import Tensor, nn
 
 from conftest import TINY_CONFIG, diffusers_unet_config, rel_err
+from gm.checkpoints.random_weights import randomize_cell
+from gm.config import instantiate_from_config
 from gm.modules.diffusionmodules.openaimodel import UNetModel
-from gm.random_weights import randomize_cell
-from gm.util import instantiate_from_config
 
 PREFIX = "model.diffusion_model."
 SEED = 3

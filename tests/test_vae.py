@@ -8,8 +8,8 @@ from diffusers import AutoencoderKL as RefAutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
 
 from conftest import BASE_CONFIG, TINY_CONFIG, rel_err
-from gm.random_weights import randomize_cell
-from gm.util import instantiate_from_config
+from gm.checkpoints.random_weights import randomize_cell
+from gm.config import instantiate_from_config
 
 PREFIX = "first_stage_model."
 SIZES = [(2, 64, 64), (1, 64, 48)]  # (batch, height, width)

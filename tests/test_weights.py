@@ -10,9 +10,9 @@ import pytest
 from conftest import BASE_CONFIG, ROOT, TINY_CONFIG, diffusers_unet_config
 
 from gm.build import build_model
-from gm.layout import official_layout
-from gm.random_weights import random_tensor
-from gm.weight_files import open_weights
+from gm.checkpoints.layout import official_layout
+from gm.checkpoints.random_weights import random_tensor
+from gm.checkpoints.weight_files import open_weights
 
 TOOLS = os.path.join(ROOT, "tools")
 
@@ -140,7 +140,7 @@ def test_base_layout_is_what_diffusers_expects():
 
 
 def write_safetensors_from(reader, path, drop=(), rename=None, reshape=None):
-    from gm.weight_files import write_safetensors
+    from gm.checkpoints.weight_files import write_safetensors
     entries = []
     for key in reader.keys():
         if key in drop:
@@ -199,7 +199,7 @@ def test_bad_input_gives_one_line_error(case, tiny_file, tmp_path):
 
 
 def test_build_model_rejects_unfitting_weights(tiny_file, tmp_path):
-    from gm.weight_files import WeightFileError
+    from gm.errors import WeightFileError
     src = str(tmp_path / "partial.safetensors")
     with open_weights(tiny_file) as reader:
         write_safetensors_from(reader, src, drop=["model.diffusion_model.out.2.bias"])
@@ -274,7 +274,8 @@ HEADER_CASES = {
 def test_every_safetensors_header_entry_is_checked(case, tmp_path):
     """The one safetensors reader refuses a header that does not describe its bytes: WeightFileError naming
     the file and the tensor, before any tensor is read."""
-    from gm.weight_files import WeightFileError, write_safetensors
+    from gm.checkpoints.weight_files import write_safetensors
+    from gm.errors import WeightFileError
 
     good = str(tmp_path / "good.safetensors")
     values = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.arange(4, dtype=np.float32)}
@@ -292,7 +293,7 @@ def test_every_safetensors_header_entry_is_checked(case, tmp_path):
 def test_damaged_header_is_one_line_in_convert_and_build(tiny_file, tmp_path):
     """A model file whose header gives a tensor a shape its bytes do not hold: one line from the converter
     (nothing written) and a WeightFileError from build_model (what --weight, sampling and the app use)."""
-    from gm.weight_files import WeightFileError
+    from gm.errors import WeightFileError
 
     key = "model.diffusion_model.out.2.weight"
     bad = damaged(tiny_file, str(tmp_path / "bad.safetensors"),
@@ -308,7 +309,8 @@ def test_damaged_header_is_one_line_in_convert_and_build(tiny_file, tmp_path):
 
 def test_damaged_ckpt_tensor_is_refused(tmp_path):
     """The .ckpt reader checks each tensor's shape against the bytes stored for it too."""
-    from gm.weight_files import WeightFileError, write_ckpt
+    from gm.checkpoints.weight_files import write_ckpt
+    from gm.errors import WeightFileError
 
     path = str(tmp_path / "x.ckpt")
     write_ckpt(path, [("a", np.ones((2, 3), np.float32)), ("token", "<a>")])
@@ -324,7 +326,7 @@ def test_damaged_ckpt_tensor_is_refused(tmp_path):
 
 def test_fp16_conversion_of_values_beyond_its_range_is_refused(tiny_file, tmp_path):
     """--dtype fp16 would store values past 65504 as inf: one error naming the tensor, no .ckpt written."""
-    from gm.weight_files import write_safetensors
+    from gm.checkpoints.weight_files import write_safetensors
 
     key = "model.diffusion_model.out.2.bias"
     src, dst = str(tmp_path / "hot.safetensors"), str(tmp_path / "hot.ckpt")

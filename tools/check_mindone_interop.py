@@ -15,11 +15,10 @@ import sys
 import tempfile
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gm.cli import ArgumentParser, run  # noqa: E402
+from gm.cli import ArgumentParser, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_tiny.yaml")
@@ -56,7 +55,7 @@ def rel_err(ours, ref):
 
 def make_files(work):
     """Tiny random weights, a learned word (2 vectors) and its exports."""
-    from gm.random_weights import write_random_checkpoint
+    from gm.checkpoints.random_weights import write_random_checkpoint
     from gm.textual_inversion import formats
 
     weights = os.path.join(work, "tiny.safetensors")
@@ -91,7 +90,7 @@ def mindone_text_encoders(files):
     from omegaconf import OmegaConf
     from transformers import CLIPTextConfig
 
-    from gm.weight_files import open_weights
+    from gm.checkpoints.weight_files import open_weights
 
     emb = OmegaConf.load(TINY_CONFIG).model.params.conditioner_config.params.emb_models
     p1, p2 = emb[0].params, emb[1].params

@@ -12,16 +12,17 @@ import glob
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from tqdm import tqdm
 
-from gm.build import load_config  # noqa: E402
-from gm.cli import ArgumentParser, UsageError, check_outputs, run  # noqa: E402
-from gm.diffusers_layout import source_of  # noqa: E402
-from gm.layout import check_layout, official_layout  # noqa: E402
-from gm.weight_files import SafetensorsReader, WeightFileError, write_ckpt  # noqa: E402
+from gm.checkpoints.diffusers_layout import source_of
+from gm.checkpoints.layout import check_layout, official_layout
+from gm.checkpoints.weight_files import SafetensorsReader, write_ckpt
+from gm.checks import check_outputs
+from gm.cli import ArgumentParser, run
+from gm.config import load_config
+from gm.errors import UsageError, WeightFileError
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2")

@@ -18,15 +18,15 @@ A --dst folder gets a file named after the token. Files appear only when complet
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gm.cli import ArgumentParser, UsageError, check_outputs, run  # noqa: E402
-from gm.textual_inversion import formats  # noqa: E402
-from gm.textual_inversion.words import check_word  # noqa: E402
+from gm.checks import check_outputs
+from gm.cli import ArgumentParser, run
+from gm.errors import UsageError
+from gm.textual_inversion import formats
+from gm.textual_inversion.words import check_word
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
 EXTENSIONS = {"a1111": ".safetensors", "ours": ".ckpt", "mindone": ".ckpt"}

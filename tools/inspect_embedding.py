@@ -11,14 +11,13 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gm.cli import ArgumentParser, run  # noqa: E402
-from gm.textual_inversion import formats  # noqa: E402
-from gm.textual_inversion.words import placeholder_tokens  # noqa: E402
-from gm.weight_files import WeightFileError  # noqa: E402
+from gm.cli import ArgumentParser, run
+from gm.errors import WeightFileError
+from gm.textual_inversion import formats
+from gm.textual_inversion.words import placeholder_tokens
 
 MAX_NORMS = 8
 MAX_TENSORS = 10

@@ -10,15 +10,14 @@ paper and a red seal in the bottom-right corner.
 """
 import math
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw
 
-from gm.cli import ArgumentParser, check_outputs, run  # noqa: E402
-from gm.toyworld.concepts import CONCEPTS, training_set  # noqa: E402
+from gm.checks import check_outputs
+from gm.cli import ArgumentParser, run
+from gm.toyworld.concepts import CONCEPTS, training_set
 
 SIZE = 128
 SUPERSAMPLE = 4

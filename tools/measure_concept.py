@@ -9,16 +9,15 @@ the meter's confidence per object. With --shape/--colour/--pattern/--background,
 pictures that show an object with every given attribute (the concept score); exit status 0 either way.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from gm.cli import ArgumentParser, UsageError, run  # noqa: E402
-from gm.textual_inversion.dataset import IMAGE_EXTENSIONS, read_image  # noqa: E402
-from gm.toyworld import meter  # noqa: E402
-from gm.toyworld.world import BACKGROUNDS, COLOURS, PATTERNS, SHAPES  # noqa: E402
+from gm.cli import ArgumentParser, run
+from gm.errors import UsageError
+from gm.textual_inversion.dataset import IMAGE_EXTENSIONS, read_image
+from gm.toyworld import meter
+from gm.toyworld.world import BACKGROUNDS, COLOURS, PATTERNS, SHAPES
 
 
 def pictures_of(path, side):

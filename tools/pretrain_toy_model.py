@@ -9,21 +9,22 @@ Stages, each resumable from its last state in --work_dir (run the same command a
   unet     the UNet with SDXL's loss and discretisation, caption dropout, EMA of the weights;
   export   the EMA weights, the VAE and the seeded, frozen text encoders written to --out in the
            official single-file layout (fp16 safetensors).
-Settings come from the config's ``pretrain:`` section. Nothing of the toy world is held in git but
+With --init FILE (an exported toy model) the run starts from that file instead of from the seed: its
+VAE is taken as the vae stage's result and its UNet as the UNet's starting weights, so a model can be
+trained further after its states are gone. Settings come from the config's ``pretrain:`` section. Nothing of the toy world is held in git but
 its seed: every picture and caption is drawn again from it.
 """
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from tqdm import tqdm
 
-from gm.build import load_config  # noqa: E402
-from gm.cli import ArgumentParser, UsageError, add_device_args, run  # noqa: E402
+from gm.cli import ArgumentParser, add_device_args, run
+from gm.config import load_config
+from gm.errors import UsageError
 
 STAGES = ("vae", "latents", "unet", "export")
 
@@ -34,6 +35,8 @@ def parse_args(argv=None):
                    help="model config with a pretrain: section")
     p.add_argument("--work_dir", default="runs/toy_pretrain", help="states, logs and cached latents (resumable)")
     p.add_argument("--out", default="checkpoints/sd_xl_toy.safetensors", help="the trained model (.safetensors)")
+    p.add_argument("--init", default=None,
+                   help="start from this exported model (.safetensors): its VAE, text encoders and UNet")
     p.add_argument("--stop_after", choices=STAGES, default="export", help="stop once this stage is done")
     add_device_args(p)
     return p.parse_args(argv)
@@ -44,10 +47,9 @@ class Pretraining:
 
     def __init__(self, config, work_dir):
         import mindspore as ms
-        from gm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: F401 (config targets)
-        from gm.random_weights import randomize_cell
+        from gm.checkpoints.random_weights import randomize_cell
+        from gm.config import instantiate_from_config
         from gm.toyworld.pretrain import zero_residual_outputs
-        from gm.util import instantiate_from_config
 
         self.ms = ms
         self.config = config
@@ -63,11 +65,21 @@ class Pretraining:
         self.timings_path = os.path.join(work_dir, "timings.json")
         self.timings = json.load(open(self.timings_path)) if os.path.isfile(self.timings_path) else {}
 
+    def start_from(self, path):
+        """Take every weight from an exported model; its VAE becomes the vae stage's result."""
+        from gm.build import load_weights
+        from gm.checkpoints.weight_files import write_ckpt
+
+        load_weights(self.engine, path)
+        if not os.path.isfile(self.path("vae.ckpt")):
+            write_ckpt(self.path("vae.ckpt"),
+                       [(p.name, p.asnumpy()) for p in self.engine.first_stage_model.get_parameters()])
+
     def path(self, name):
         return os.path.join(self.work_dir, name)
 
     def add_time(self, stage, seconds):
-        from gm.weight_files import atomic_output
+        from gm.files import atomic_output
 
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
         with atomic_output(self.timings_path) as tmp, open(tmp, "w") as f:
@@ -76,7 +88,8 @@ class Pretraining:
     # -- state files -----------------------------------------------------------------------------
     def save_state(self, name, state, step, losses):
         """Write ``state`` {key: Parameter} and the step (atomically), and the loss log beside it."""
-        from gm.weight_files import atomic_output, write_ckpt
+        from gm.checkpoints.weight_files import write_ckpt
+        from gm.files import atomic_output
 
         write_ckpt(self.path(name), [(k, p.asnumpy()) for k, p in state.items()] + [("step", np.asarray(step))])
         with atomic_output(self.path(name.replace("_state.ckpt", "_loss.csv"))) as tmp, open(tmp, "w") as f:
@@ -85,7 +98,7 @@ class Pretraining:
     def load_state(self, name, state):
         """Load a saved state into ``state`` {key: Parameter}; returns (step, logged losses), (0, []) if none."""
         from mindspore import Tensor
-        from gm.weight_files import open_weights
+        from gm.checkpoints.weight_files import open_weights
 
         if not os.path.isfile(self.path(name)):
             return 0, []
@@ -129,9 +142,9 @@ class Pretraining:
     def vae(self):
         """Train the VAE on crops, then normalise its latent scale; writes vae.ckpt."""
         from mindspore import Tensor
+        from gm.checkpoints.weight_files import write_ckpt
         from gm.toyworld.pretrain import TrainStep, VAELoss, crops, normalise_latent_scale
         from gm.toyworld.world import random_scene, render
-        from gm.weight_files import write_ckpt
 
         vae = self.engine.first_stage_model
         params = list(vae.get_parameters())
@@ -190,14 +203,14 @@ class Pretraining:
 
     def load_vae(self):
         from mindspore import Tensor
-        from gm.weight_files import open_weights
+        from gm.checkpoints.weight_files import open_weights
 
         with open_weights(self.path("vae.ckpt")) as reader:
             for p in self.engine.first_stage_model.get_parameters():
                 p.set_data(Tensor(np.array(reader.get(p.name)), p.dtype))
 
     def latents(self):
-        from gm.weight_files import atomic_output
+        from gm.files import atomic_output
 
         clock = time.perf_counter()
         self.load_vae()
@@ -248,8 +261,8 @@ class Pretraining:
 
     def export(self, out):
         """The EMA UNet, the VAE and the seeded text encoders in the official layout, fp16."""
-        from gm.layout import write_official
-        from gm.weight_files import open_weights
+        from gm.checkpoints.layout import write_official
+        from gm.checkpoints.weight_files import open_weights
 
         self.load_vae()
         values = {p.name: p for p in self.engine.get_parameters()}
@@ -276,12 +289,12 @@ def main(argv=None):
         os.makedirs(args.work_dir, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--work_dir {args.work_dir}: cannot create it ({e.strerror})") from None
-    import mindspore as ms
+    from gm.runtime import init_mindspore
 
-    ms.set_context(mode=args.ms_mode)
-    if args.device_target:
-        ms.set_device(args.device_target)
+    init_mindspore(args.device_target, args.ms_mode)
     run_ = Pretraining(config, args.work_dir)
+    if args.init:
+        run_.start_from(args.init)
     done = {"vae": os.path.isfile(run_.path("vae.ckpt")), "latents": os.path.isfile(run_.path("latents.npz"))}
     for stage in STAGES:
         if stage == "export":

@@ -7,13 +7,10 @@ its keys, including the reference code's ``position_ids`` and ``logit_scale`` bu
 tests and the demo load weights through the same path as real users. Tensors are generated and
 written one at a time, so even the real SDXL shapes need little memory.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gm.cli import ArgumentParser, UsageError, check_outputs, check_value, run  # noqa: E402
-from gm.random_weights import DTYPES, write_random_checkpoint  # noqa: E402
+from gm.checkpoints.random_weights import DTYPES, write_random_checkpoint
+from gm.checks import check_outputs, check_value
+from gm.cli import ArgumentParser, run
+from gm.errors import UsageError
 
 
 def main():

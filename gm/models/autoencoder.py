@@ -29,6 +29,7 @@ class AutoencoderKL(nn.Cell):
         self.quant_conv = conv2d(2 * cfg["z_channels"], 2 * embed_dim, 1)
         self.post_quant_conv = conv2d(embed_dim, cfg["z_channels"], 1)
         self.embed_dim = embed_dim
+        self.downsampling_factor = 2 ** (len(cfg["ch_mult"]) - 1)
 
     def encode(self, x):
         """Image -> (mean, logvar) of the latent Gaussian, each [B, embed_dim, H/8, W/8]; logvar in [-30, 20]."""

@@ -1,7 +1,7 @@
 """DiffusionEngine: SDXL's UNet, denoiser, conditioner and VAE, built from one config."""
 from mindspore import nn
 
-from gm.util import instantiate_from_config
+from gm.config import instantiate_from_config
 
 
 class DiffusionWrapper(nn.Cell):
@@ -19,7 +19,7 @@ class DiffusionEngine(nn.Cell):
     """The whole model. Parameter names are the keys of the official SDXL single file."""
 
     def __init__(self, network_config, denoiser_config, first_stage_config, conditioner_config,
-                 loss_fn_config=None, sampler_config=None, scale_factor=1.0, disable_first_stage_amp=True):
+                 loss_fn_config=None, sampler_config=None, scale_factor=1.0):
         super().__init__()
         self.model = DiffusionWrapper(instantiate_from_config(network_config))
         self.denoiser = instantiate_from_config(denoiser_config)
@@ -28,7 +28,11 @@ class DiffusionEngine(nn.Cell):
         self.loss_fn = instantiate_from_config(loss_fn_config) if loss_fn_config else None
         self.sampler = instantiate_from_config(sampler_config) if sampler_config else None
         self.scale_factor = scale_factor
-        self.disable_first_stage_amp = disable_first_stage_amp
+
+    @property
+    def size_multiple(self):
+        """What image sides must be multiples of: the VAE's downsampling times the UNet's (32 for SDXL)."""
+        return self.first_stage_model.downsampling_factor * self.model.diffusion_model.downsampling_factor
 
     def denoise(self, x, sigma, context, vector):
         """Denoised estimate of x0 from x at noise level sigma [B]."""

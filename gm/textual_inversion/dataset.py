@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps
 
-from gm.cli import UsageError, check_value, warn
+from gm.checks import check_value
+from gm.errors import UsageError, warn
 from gm.textual_inversion.templates import check_property, load_templates
 from gm.textual_inversion.words import check_vectors, check_word, placeholder_tokens
 

@@ -12,10 +12,11 @@ import re
 
 import numpy as np
 
-from gm.cli import UsageError, check_value
+from gm.checkpoints.weight_files import write_ckpt
+from gm.checks import check_value
+from gm.errors import UsageError, WeightFileError
 from gm.textual_inversion import formats
 from gm.textual_inversion.words import check_word, placeholder_tokens
-from gm.weight_files import WeightFileError, write_ckpt
 
 ENCODER_KEYS = ("clip_l", "clip_g")
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gm.checkpoints.weight_files import READERS, open_weights, write_ckpt, write_safetensors
+from gm.errors import WeightFileError
 from gm.textual_inversion.words import RULE, word_problem
-from gm.weight_files import READERS, WeightFileError, open_weights, write_ckpt, write_safetensors
 
 ENCODER_KEYS = ("clip_l", "clip_g")
 SDXL_WIDTHS = (768, 1280)

@@ -14,9 +14,9 @@ import re
 import numpy as np
 from PIL import Image
 
-from gm.cli import UsageError, warn
+from gm.errors import UsageError, warn
+from gm.files import atomic_output
 from gm.images import loss_curve, make_grid, save_png
-from gm.weight_files import atomic_output
 
 LOG_FIELDS = ("step", "loss", "lr", "step_seconds")
 # Files whose presence means --save_path holds a run; with the loss curve and samples, what
@@ -33,7 +33,7 @@ def run_files(save_path, patterns=RUN_FILES):
 
 def check_save_path(save_path, resume, overwrite):
     """Refuse a ``--save_path`` whose earlier run would be lost; writes nothing. (Whether it can be written
-    is :func:`gm.cli.check_outputs`' check.)"""
+    is :func:`gm.checks.check_outputs`' check.)"""
     if resume and overwrite:
         raise UsageError("--resume True and --overwrite True: choose one (resume continues the run in "
                          "--save_path, overwrite replaces it)")

@@ -1,7 +1,7 @@
 """Prompt templates for textual inversion; ``{}`` marks where the placeholder goes."""
 import os
 
-from gm.cli import UsageError
+from gm.errors import UsageError
 
 OBJECT_TEMPLATES = [
     "a photo of a {}",

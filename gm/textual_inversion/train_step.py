@@ -92,9 +92,3 @@ def learning_rate(step, base_lr, total_steps, warmup_steps=0, schedule="constant
 def as_lr(value):
     """Host float -> the tensor type :class:`ClippedAdamW` takes."""
     return Tensor(value, ms.float32)
-
-
-def zero_like(params):
-    """Zero gradients for accumulation."""
-    return tuple(ops.zeros(p.shape, p.dtype) for p in params)
-

@@ -18,18 +18,19 @@ from mindspore import Tensor, nn
 from tqdm import tqdm
 
 from gm.build import build_model, size_multiple
-from gm.cli import UsageError, check_outputs, check_value
-from gm.inference import Sampler
+from gm.checkpoints.random_weights import write_random_checkpoint
+from gm.checkpoints.weight_files import open_weights, write_ckpt
+from gm.checks import check_outputs, check_value
+from gm.errors import UsageError
+from gm.inference import SamplingPipeline
 from gm.modules.diffusionmodules.sampling import make_sampler
 from gm.parallel import SingleProcess
-from gm.random_weights import write_random_checkpoint
 from gm.textual_inversion.dataset import TIDataset, check_concept
 from gm.textual_inversion.embeddings import add_concept, concept_rows, load_ti, save_ti
 from gm.textual_inversion.outputs import RunOutputs, check_save_path, clear_run, run_files
 from gm.textual_inversion.templates import load_templates
 from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr, learning_rate
 from gm.textual_inversion.words import check_initializer, check_vectors, placeholder_tokens
-from gm.weight_files import open_weights, write_ckpt
 
 INFER_PROMPTS = {"object": "a photo of a {}", "style": "a painting in the style of {}", "face": "a photo of {}"}
 
@@ -100,7 +101,7 @@ class Settings:
 
 
 # Settings read from a flag or, when it is not given, the training config: {name: (flag, config key,
-# what a valid value is: a key of gm.cli.RULES)}. A config without max_num_ckpt keeps every _ti.ckpt.
+# what a valid value is: a key of gm.checks.RULES)}. A config without max_num_ckpt keeps every _ti.ckpt.
 OPTIONS = {
     "total_step": ("--total_step", "train.total_step", "count"),
     "batch_size": ("--train_batch_size", "train.batch_size", "count"),
@@ -251,7 +252,7 @@ class Trainer:
             self.optimizer.load_state([state[f"moment_{i}"] for i in range(2 * len(self.params))])
         self.sigma_sampler = self.model.loss_fn.sigma_sampler
         self.latents = []
-        self.sampler = Sampler(self.model) if s.infer_during_train and self.parallel.is_main else None
+        self.sampler = SamplingPipeline(self.model) if s.infer_during_train and self.parallel.is_main else None
         self.stop_requested = False
 
     @staticmethod

@@ -18,7 +18,8 @@ off, so those vectors would silently get no gradient).
 """
 import functools
 
-from gm.cli import UsageError, check_value
+from gm.checks import check_value
+from gm.errors import UsageError
 
 CONTEXT_TOKENS = 77  # what both SDXL text encoders read, start and end markers included
 PROMPT_TOKENS = CONTEXT_TOKENS - 2

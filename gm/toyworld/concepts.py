@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gm.toyworld import meter
-from gm.toyworld.world import BACKGROUNDS, COLOURS, SHAPES, Thing, article, concept_scene, is_held_out, render
+from gm.toyworld.world import SHAPES, Thing, article, concept_scene, is_held_out, render
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,14 @@ class ToyConcept:
         return f"{article(f'{thing.colour} {thing.shape}')} in {{}} style on a {scene.background} background"
 
     def test_prompts(self, word):
-        """(prompt, attributes the picture must show) for the word in new contexts."""
+        """{measure: (prompt, attributes the picture must show)}, as the textual-inversion paper measures a
+        word: does it bring the concept back (reconstruction), and does it compose with the rest of the
+        prompt (editability: another background for an object, another shape for a style)."""
         if self.learnable_property == "object":
-            return [(f"a {word} on a {b} background", {**self.attributes, "background": b})
-                    for b in BACKGROUNDS if b != self.colour]
-        prompts = []
-        for shape, colour in zip(SHAPES, list(COLOURS)[::-1]):
-            prompts.append((f"{article(f'{colour} {shape}')} in {word} style",
-                            {**self.attributes, "shape": shape, "colour": colour}))
-        return prompts
+            return {"reconstruction": (f"a photo of a {word}", self.attributes),
+                    "editability": (f"a {word} on a green background", {**self.attributes, "background": "green"})}
+        return {"reconstruction": (f"a square in {word} style", self.attributes),
+                "editability": (f"a circle in {word} style", {**self.attributes, "shape": "circle"})}
 
 
 CONCEPTS = {
@@ -73,23 +72,22 @@ def training_set(concept, count=5, size=64, seed=0):
     return [(render(s), concept.caption(s)) for s in scenes]
 
 
-def score(concept, prompts, pictures):
-    """{"concept": share showing the concept, "prompt": share also showing the rest of the prompt}."""
-    shown, followed = [], []
-    for (_, wanted), picture in zip(prompts, pictures):
-        reading = meter.read(picture)
-        shown.append(reading.shows(**concept.attributes))
-        followed.append(reading.shows(**wanted))
-    return {"concept": float(np.mean(shown)), "prompt": float(np.mean(followed))}
+def score(concept, wanted, pictures):
+    """{"concept": share of pictures showing every attribute of the concept, "prompt": share also showing
+    ``wanted`` (what the prompt asks)}."""
+    readings = [meter.read(p) for p in pictures]
+    return {"concept": float(np.mean([r.shows(**concept.attributes) for r in readings])),
+            "prompt": float(np.mean([r.shows(**wanted) for r in readings]))}
 
 
-def measure(pipeline, concept, word, samples=2, size=64, steps=20, guidance=5.0, seed=0, sampler="euler"):
-    """Sample every test prompt ``samples`` times with ``word`` (a learned token or plain words) and
-    score the pictures: see :func:`score`."""
+def measure(pipeline, concept, word, samples=32, size=64, steps=20, guidance=5.0, seed=0, sampler="euler"):
+    """Sample each test prompt ``samples`` times with ``word`` (a learned token, or plain words) and score
+    the pictures: ({measure: score}, {measure: pictures}); see :meth:`ToyConcept.test_prompts`."""
     from gm.modules.diffusionmodules.sampling import make_sampler
 
-    prompts = [p for p in concept.test_prompts(word) for _ in range(samples)]
-    pictures = pipeline.sample([text for text, _ in prompts], size, size, seed=seed,
-                               sampler=make_sampler(sampler, steps, guidance))
-    return score(concept, prompts, pictures), pictures
-
+    scores, pictures = {}, {}
+    for name, (prompt, wanted) in concept.test_prompts(word).items():
+        pictures[name] = pipeline.sample([prompt] * samples, size, size, seed=seed,
+                                         sampler=make_sampler(sampler, steps, guidance))
+        scores[name] = score(concept, wanted, pictures[name])
+    return scores, pictures

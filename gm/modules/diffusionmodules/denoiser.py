@@ -1,9 +1,8 @@
 """Denoiser preconditioning on the discrete noise levels SDXL was trained on."""
-import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from gm.util import instantiate_from_config
+from gm.config import instantiate_from_config
 
 
 class DiscreteDenoiser(nn.Cell):
@@ -17,8 +16,7 @@ class DiscreteDenoiser(nn.Cell):
         super().__init__()
         self.scaling = instantiate_from_config(scaling_config)
         self.num_idx = num_idx
-        self.sigmas_np = instantiate_from_config(discretization_config)(num_idx, do_append_zero=False, flip=True)
-        self.sigmas = Tensor(self.sigmas_np)
+        self.sigmas = Tensor(instantiate_from_config(discretization_config)(num_idx, do_append_zero=False, flip=True))
 
     def sigma_to_idx(self, sigma):
         """Index of the nearest training sigma, for a [B] tensor."""
@@ -28,7 +26,3 @@ class DiscreteDenoiser(nn.Cell):
         idx = self.sigma_to_idx(sigma)
         c_skip, c_out, c_in, _ = self.scaling(ops.gather(self.sigmas, idx, 0).reshape(-1, 1, 1, 1))
         return c_skip, c_out, c_in, idx.astype(ms.float32)
-
-    def nearest_idx(self, sigma):
-        """Host-side (numpy) :meth:`sigma_to_idx`."""
-        return np.abs(np.asarray(sigma, np.float32)[None] - self.sigmas_np[:, None]).argmin(0)

@@ -1,7 +1,7 @@
 """The diffusion training loss of generative-models."""
 from mindspore import nn
 
-from gm.util import instantiate_from_config
+from gm.config import instantiate_from_config
 
 EPS_WEIGHTING = {"target": "gm.modules.diffusionmodules.denoiser_weighting.EpsWeighting"}
 

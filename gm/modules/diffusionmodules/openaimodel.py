@@ -114,6 +114,7 @@ class UNetModel(nn.Cell):
         if not isinstance(num_res_blocks, int):
             raise ValueError(f"UNetModel: num_res_blocks must be an int, got {num_res_blocks!r}")
         channel_mult = list(channel_mult)
+        self.downsampling_factor = 2 ** (len(channel_mult) - 1)  # one 2x downsampling between levels
         depths = ([transformer_depth] * len(channel_mult) if isinstance(transformer_depth, int)
                   else list(transformer_depth))
         if len(depths) != len(channel_mult):

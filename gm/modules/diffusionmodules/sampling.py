@@ -10,7 +10,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
-from gm.util import instantiate_from_config
+from gm.config import instantiate_from_config
 
 GUIDERS = "gm.modules.diffusionmodules.guiders."
 IDENTITY_GUIDER = {"target": GUIDERS + "IdentityGuider"}

@@ -1,7 +1,7 @@
 """Noise-level sampling for training."""
 import numpy as np
 
-from gm.util import instantiate_from_config
+from gm.config import instantiate_from_config
 
 
 class DiscreteSampling:

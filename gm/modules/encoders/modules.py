@@ -6,11 +6,12 @@ embedders are built from explicit sizes instead of downloaded pretrained models.
 import numpy as np
 from mindspore import Tensor, nn, ops
 
+from gm.config import instantiate_from_config
+from gm.errors import ConfigError
 from gm.modules.diffusionmodules.util import timestep_embedding
 from gm.modules.encoders.clip_text_model import CLIPTextModel
 from gm.modules.encoders.open_clip_text_model import OpenCLIPTextModel
 from gm.modules.encoders.tokenizer import CLIPTokenizer
-from gm.util import instantiate_from_config
 
 EOS_TOKEN_ID = 49407
 
@@ -22,12 +23,11 @@ def freeze(cell):
 
 
 class AbstractEmbModel(nn.Cell):
-    """An embedder of :class:`GeneralConditioner`; the conditioner sets ``input_key``/``is_trainable``."""
+    """An embedder of :class:`GeneralConditioner`; the conditioner sets ``input_key``."""
 
     def __init__(self):
         super().__init__()
         self.input_key = None
-        self.is_trainable = False
 
 
 class TextEmbedder(AbstractEmbModel):
@@ -162,7 +162,7 @@ class ConcatTimestepEmbedderND(AbstractEmbModel):
 class GeneralConditioner(nn.Cell):
     """Runs the embedders of ``emb_models`` and gathers their outputs.
 
-    Each item of ``emb_models`` is ``{target, params, input_key, is_trainable}``. Embedder outputs
+    Each item of ``emb_models`` is ``{target, params, input_key, is_trainable: False}``. Embedder outputs
     with 3 dims are concatenated on the last axis into the cross-attention ``context``, outputs
     with 2 dims (pooled text, size embeddings) into the ``vector``, both in embedder order.
     """
@@ -175,9 +175,10 @@ class GeneralConditioner(nn.Cell):
             if not isinstance(embedder, AbstractEmbModel):
                 raise TypeError(f"{type(embedder).__name__} is not an AbstractEmbModel")
             embedder.input_key = config["input_key"]
-            embedder.is_trainable = bool(config.get("is_trainable", False))
-            if not embedder.is_trainable:
-                freeze(embedder)
+            if config.get("is_trainable", False):
+                raise ConfigError(f"emb_models: {config['target']} has is_trainable: True; the toolkit keeps "
+                                  "every model weight frozen (textual inversion learns new words only)")
+            freeze(embedder)
             embedders.append(embedder)
         self.embedders = nn.CellList(embedders)
 

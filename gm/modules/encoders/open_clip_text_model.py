@@ -6,7 +6,8 @@ SDXL file below ``conditioner.embedders.1.model.``.
 """
 import numpy as np
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import Normal, Uniform, initializer
 
 from gm.modules.encoders.clip_text_model import ACTIVATIONS, causal_mask, multi_head_attention
 from gm.modules.layers import Embedding, LayerNorm, linear
@@ -19,10 +20,9 @@ class MultiheadAttention(nn.Cell):
         super().__init__()
         self.heads = heads
         bound = float(np.sqrt(6.0 / (4 * width)))
-        self.in_proj_weight = Parameter(
-            Tensor(np.random.uniform(-bound, bound, (3 * width, width)).astype(np.float32)),
-            name="in_proj_weight")
-        self.in_proj_bias = Parameter(Tensor(np.zeros(3 * width, np.float32)), name="in_proj_bias")
+        self.in_proj_weight = Parameter(initializer(Uniform(bound), (3 * width, width), ms.float32),
+                                        name="in_proj_weight")
+        self.in_proj_bias = Parameter(initializer("zeros", (3 * width,), ms.float32), name="in_proj_bias")
         self.out_proj = linear(width, width)
         self.matmul_t = ops.MatMul(transpose_b=True)
 
@@ -86,12 +86,12 @@ class OpenCLIPTextModel(nn.Cell):
         if not 0 <= skip_last <= layers:
             raise ValueError(f"skip_last {skip_last} out of range for {layers} layers")
         self.token_embedding = Embedding(vocab_size, width)
-        self.positional_embedding = Parameter(Tensor(np.random.normal(0, 0.01, (max_length, width))
-                                                     .astype(np.float32)), name="positional_embedding")
+        self.positional_embedding = Parameter(initializer(Normal(0.01), (max_length, width), ms.float32),
+                                              name="positional_embedding")
         self.transformer = Transformer(width, layers, heads, int(width * mlp_ratio), act, eps)
         self.ln_final = LayerNorm(width, eps)
-        self.text_projection = Parameter(Tensor(np.random.normal(0, width ** -0.5, (width, embed_dim))
-                                                .astype(np.float32)), name="text_projection")
+        self.text_projection = Parameter(initializer(Normal(width ** -0.5), (width, embed_dim), ms.float32),
+                                         name="text_projection")
         self.mask = causal_mask(max_length)
         self.eos_token_id = eos_token_id
         self.num_hidden = layers - skip_last

@@ -2,8 +2,9 @@
 import numpy as np
 from mindspore.nn.utils import no_init_parameters
 
-from gm.util import instantiate_from_config
-from gm.weight_files import WeightFileError, write_safetensors
+from gm.checkpoints.weight_files import write_safetensors
+from gm.config import instantiate_from_config
+from gm.errors import WeightFileError
 
 POSITION_IDS = "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"
 LOGIT_SCALE = "conditioner.embedders.1.model.logit_scale"
@@ -19,7 +20,7 @@ def model_parameters(model):
 
 def official_layout(config):
     """{key: (shape, "weight" | "buffer")} for a config path, without allocating the weights."""
-    from gm.build import load_config
+    from gm.config import load_config
 
     config = load_config(config) if isinstance(config, str) else config
     with no_init_parameters():

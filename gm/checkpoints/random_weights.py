@@ -8,9 +8,10 @@ import zlib
 import numpy as np
 from mindspore import Tensor
 
-from gm.layout import write_official
+from gm.checkpoints.layout import write_official
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
+
 
 def random_tensor(name, shape, seed=0):
     """A float32 array for parameter ``name``: norms near 1, biases small, matrices ~ 1/sqrt(fan_in)."""

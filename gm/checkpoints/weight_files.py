@@ -8,7 +8,6 @@ The ``.ckpt`` format is MindSpore's protobuf ``Checkpoint`` (repeated ``value`` 
 {dims, tensor_type, tensor_content}}, large tensors split into several values with the same
 tag); files written here load with ``mindspore.load_checkpoint`` and vice versa.
 """
-import errno
 import json
 import math
 import mmap
@@ -18,11 +17,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from gm.cli import UsageError
-
-
-class WeightFileError(Exception):
-    """A weight file that is missing, truncated, of another format, or does not fit the model."""
+from gm.errors import WeightFileError
+from gm.files import atomic_output
 
 
 SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": "bf16",
@@ -280,33 +276,6 @@ def open_weights(path):
         yield reader
     finally:
         reader.close()
-
-
-# What a full disk or a folder that cannot be written raises while an output is written.
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
-
-
-@contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
-
-    The toolkit's one way of writing an output file. If the file cannot be written (no such or read-only
-    folder, a full disk) that is a UsageError naming ``path``, and nothing is left behind."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        os.makedirs(directory, exist_ok=True)
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        ours = isinstance(e.filename, str) and (e.filename in (tmp, path) or directory == e.filename.rstrip(os.sep)
-                                                or directory.startswith(e.filename.rstrip(os.sep) + os.sep))
-        if not ours and e.errno not in _WRITE_ERRNOS:
-            raise
-        raise UsageError(f"{path}: cannot write it ({e.strerror or e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _pb_key(field, wire):
