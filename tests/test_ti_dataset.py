@@ -433,18 +433,30 @@ def test_num_vectors_is_bounded_by_the_longest_prompt(tmp_path):
 
 # ---------------------------------------------------------------- demo data
 
-@pytest.mark.parametrize("kind", ["toy", "style"])
-def test_demo_dataset_is_shipped_and_reproducible(kind):
-    folder = os.path.join(ROOT, "datasets", f"demo_{kind}")
-    draw = make_demo_dataset.toy_image if kind == "toy" else make_demo_dataset.style_image
+def test_demo_style_dataset_is_shipped_and_reproducible():
+    folder = os.path.join(ROOT, "datasets", "demo_style")
     loaded = load_images(folder)
     assert len(loaded) == 6
     for i, (path, image) in enumerate(loaded):
-        assert os.path.basename(path) == f"{kind}_{i:02d}.png" and image.size == (128, 128)
+        assert os.path.basename(path) == f"style_{i:02d}.png" and image.size == (128, 128)
         assert os.path.getsize(path) < 40_000
-        diff = np.abs(np.asarray(draw(i), np.int16) - np.asarray(image, np.int16))
+        diff = np.abs(np.asarray(make_demo_dataset.style_image(i), np.int16) - np.asarray(image, np.int16))
         assert diff.max() <= 2, (path, diff.max())
     images = np.stack([np.asarray(im, np.float32) for _, im in loaded])
     assert images.std(axis=0).mean() > 20  # six different pictures, not one repeated
-    ds = TIDataset(folder, TOKEN, 1, "object" if kind == "toy" else "style", 128)
+    ds = TIDataset(folder, TOKEN, 1, "style", 128)
     assert len(ds.views) == 12 and ds.views[0].original_size == (128, 128)
+
+
+@pytest.mark.parametrize("folder, name", [("demo_toy", "toy_star"), ("toy_dotted", "toy_dotted")])
+def test_toy_concept_datasets_are_the_worlds_pictures(folder, name):
+    """The shipped concept folders are exactly what the toy world draws for the concept (captions too)."""
+    from gm.toyworld.concepts import CONCEPTS, training_set
+
+    loaded = load_images(os.path.join(ROOT, "datasets", folder))
+    expected = training_set(CONCEPTS[name])
+    assert len(loaded) == len(expected) == 5
+    for (path, image), (picture, caption) in zip(loaded, expected):
+        assert np.array_equal(np.asarray(image), picture), path
+        text = path[:-4] + ".txt"
+        assert (open(text).read().strip() == caption) if folder == "toy_dotted" else not os.path.exists(text)

@@ -316,26 +316,24 @@ def copy_of(run, tmp_path):
 
 
 def test_demo_runs_on_built_in_defaults(tmp_path, monkeypatch, capsys, keep_mode):
-    """The README's first command, --demo True, with the step count cut and the outputs (and the
-    demo's default weight file) moved to a temporary folder: random tiny weights are written on
-    first use, the built-in data is learned."""
-    import train_textual_inversion
-
-    weight, save = tmp_path / "tiny_random.safetensors", tmp_path / "demo"
-    monkeypatch.setitem(train_textual_inversion.DEMO, "weight", str(weight))
+    """The README's first command, --demo True, with the step count cut and the output moved to a
+    temporary folder: the toy model learns <demo-toy> from datasets/demo_toy, samples step 0 (the
+    initial vectors) and the last step, and prints the concept meter's score at both."""
     monkeypatch.chdir(tmp_path)
+    save = tmp_path / "demo"
     code, out, err = train_here(capsys, "--demo", "True", "--save_path", str(save), "--total_step", "2",
                                 "--infer_interval", "2")
     assert code == 0, err[-3000:]
-    assert f"writing random weights for the demo to {weight}" in out and weight.is_file()
-    ti = read_ti(str(save / "weights" / "SD-XL-tiny_2_ti.ckpt"))
-    assert ti["placeholder_token"] == "<demo-toy>" and ti["clip_l"].shape == (2, 32)
-    assert (save / "samples" / "step_2.png").is_file() and len(losses(str(save))) == 2
-    assert "This was the demo on a tiny random model" in out
+    ti = read_ti(str(save / "weights" / "SD-XL-toy_2_ti.ckpt"))
+    assert ti["placeholder_token"] == "<demo-toy>" and ti["clip_l"].shape == (1, 32)
+    for step in (0, 2):
+        assert (save / "samples" / f"step_{step}.png").is_file()
+    assert len(losses(str(save))) == 2
+    assert "toy_star reconstruction:" in out and "% at step 2" in out and "progression.png" in out
 
 
-def test_demo_writes_no_weights_for_a_missing_user_file(tmp_path, capsys, keep_mode):
-    """--demo writes random weights only to its own default file: a --weight that does not exist is an error."""
+def test_demo_with_a_missing_weight_file_is_an_error(tmp_path, capsys, keep_mode):
+    """--demo with a --weight that does not exist: one error naming it, nothing written."""
     missing = tmp_path / "missing.ckpt"
     code, _, err = train_here(capsys, "--demo", "True", "--weight", str(missing), "--save_path",
                               str(tmp_path / "demo"), "--ms_mode", "1")

@@ -1,12 +1,14 @@
-"""Draw the built-in textual-inversion demo data: a toy (object) and a style, 6 PNGs each.
+"""Draw the built-in textual-inversion data.
 
     python tools/make_demo_dataset.py [--out datasets]
 
 Everything is procedural (PIL + numpy, fixed seeds, no downloads), so the output is the same on
-every run. ``demo_toy``: a red/yellow striped cube with googly eyes and a smile, in 6 poses, sizes
-and places on 6 backgrounds. ``demo_style``: 6 different subjects in one style: flat fills from a
-4-colour palette (vermilion, teal, ochre, ink) with bold tapered ink outlines on mottled cream
-paper and a red seal in the bottom-right corner.
+every run. ``demo_toy``: the toy world's object concept (a striped orange star, a combination the
+toy SDXL never saw in pretraining), 5 pictures at 64 px on 5 backgrounds, no captions, learned by
+the demo. ``toy_dotted``: the toy world's style concept (the dotted pattern on other shapes), 5
+pictures with captions. ``demo_style``: 6 different subjects in one hand-drawn style (128 px):
+flat fills from a 4-colour palette (vermilion, teal, ochre, ink) with bold tapered ink outlines on
+mottled cream paper and a red seal in the bottom-right corner.
 """
 import math
 import os
@@ -24,134 +26,8 @@ SUPERSAMPLE = 4
 COUNT = 6
 DATASETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets")
 
-RED, YELLOW, OUTLINE = (214, 38, 38), (250, 204, 36), (45, 20, 20)
 PAPER, INK = (243, 234, 212), (28, 24, 22)
 VERMILION, TEAL, OCHRE = (206, 62, 38), (24, 124, 126), (220, 158, 46)
-
-# (yaw deg, pitch deg, half-size px, centre x, centre y, background) per toy image, at SIZE scale.
-TOY_POSES = [
-    (-30, 22, 26, 62, 70, "meadow"),
-    (25, 30, 32, 66, 68, "table"),
-    (-12, 18, 20, 44, 78, "checkers"),
-    (38, 26, 22, 80, 74, "dots"),
-    (-45, 32, 30, 64, 66, "night"),
-    (8, 15, 17, 70, 84, "beach"),
-]
-
-# Object-space cube faces: corner, u edge, v edge, outward normal (v runs top to bottom).
-FACES = {
-    "front": ((-1, 1, 1), (2, 0, 0), (0, -2, 0), (0, 0, 1)),
-    "right": ((1, 1, 1), (0, 0, -2), (0, -2, 0), (1, 0, 0)),
-    "left": ((-1, 1, -1), (0, 0, 2), (0, -2, 0), (-1, 0, 0)),
-    "back": ((1, 1, -1), (-2, 0, 0), (0, -2, 0), (0, 0, -1)),
-    "top": ((-1, 1, -1), (2, 0, 0), (0, 0, 2), (0, 1, 0)),
-}
-
-
-def _grid(n):
-    """Pixel-centre coordinates (x, y) of an n x n canvas."""
-    y, x = np.mgrid[0:n, 0:n].astype(np.float64) + 0.5
-    return x, y
-
-
-def _background(kind, n, rng):
-    """float [n, n, 3] background scene in 0..255."""
-    x, y = _grid(n)
-    t = y / n
-    img = np.zeros((n, n, 3))
-    if kind == "meadow":
-        sky = np.array([120, 180, 235]) * (1 - t[..., None]) + np.array([200, 230, 250]) * t[..., None]
-        grass = np.array([70, 150, 60]) + 25 * np.sin(x[..., None] / n * 40 + y[..., None] / n * 7)
-        img = np.where((t > 0.58)[..., None], grass, sky)
-    elif kind == "table":
-        wall = np.array([236, 222, 196])
-        grain = np.sin(y / n * 90 + 3 * np.sin(x / n * 6)) * 14
-        wood = np.array([150, 96, 52]) + grain[..., None]
-        img = np.where((t > 0.55)[..., None], wood, wall)
-    elif kind == "checkers":
-        cell = ((x // (n / 8)) + (y // (n / 8))) % 2
-        cloth = np.where(cell[..., None] == 1, np.array([200, 40, 50]), np.array([250, 248, 240]))
-        img = np.where((t > 0.5)[..., None], cloth, np.array([215, 225, 235]))
-    elif kind == "dots":
-        wall = np.array([40, 150, 150]) * np.ones((n, n, 1))
-        pitch = n / 6
-        dx, dy = (x % pitch) - pitch / 2, (y % pitch) - pitch / 2
-        wall[(dx ** 2 + dy ** 2) < (pitch * 0.18) ** 2] = (245, 240, 220)
-        img = np.where((t > 0.62)[..., None], np.array([140, 140, 150]), wall)
-    elif kind == "night":
-        img = np.array([18, 22, 60]) * (1 - t[..., None]) + np.array([60, 30, 80]) * t[..., None]
-        stars = rng.integers(0, n, size=(40, 2))
-        for sx, sy in stars:
-            if sy < 0.6 * n:
-                img[max(sy - 2, 0):sy + 2, max(sx - 2, 0):sx + 2] = 255
-        img = np.where((t > 0.65)[..., None], np.array([45, 35, 55]), img)
-    elif kind == "beach":
-        sky = np.array([150, 200, 245])
-        sea = np.array([30, 110, 180]) + 18 * np.sin(x[..., None] / n * 50)
-        sand = np.array([235, 210, 150]) - 20 * np.sin(x[..., None] / n * 9 + y[..., None] / n * 13)
-        img = np.where((t < 0.45)[..., None], sky, np.where((t < 0.6)[..., None], sea, sand))
-    return np.broadcast_to(img, (n, n, 3)).astype(np.float64).copy()
-
-
-def _rotation(yaw, pitch):
-    a, b = math.radians(yaw), math.radians(pitch)
-    ry = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
-    rx = np.array([[1, 0, 0], [0, math.cos(b), -math.sin(b)], [0, math.sin(b), math.cos(b)]])
-    return rx @ ry
-
-
-def _face_texture(name, u, v, pupils):
-    """RGB of a face at texture coordinates (u, v) in [0, 1]."""
-    stripe = (np.floor(u * 5) % 2 == 0) if name != "top" else (np.floor(v * 5) % 2 == 0)
-    rgb = np.where(stripe[..., None], np.array(RED), np.array(YELLOW)).astype(np.float64)
-    if name == "front":
-        for (ex, ey), (px, py) in zip(((0.31, 0.36), (0.69, 0.36)), pupils):
-            d = np.hypot(u - ex, v - ey)
-            rgb[d < 0.17] = OUTLINE
-            rgb[d < 0.145] = (255, 255, 255)
-            rgb[np.hypot(u - ex - px, v - ey - py) < 0.065] = (10, 10, 10)
-        smile = np.abs(np.hypot(u - 0.5, v - 0.52) - 0.22) < 0.03
-        rgb[smile & (v > 0.62)] = OUTLINE
-    edge = np.minimum(np.minimum(u, 1 - u), np.minimum(v, 1 - v)) < 0.035
-    rgb[edge] = OUTLINE
-    return rgb
-
-
-def toy_image(index):
-    """Demo toy picture ``index`` (0..5) as a SIZE x SIZE RGB image."""
-    yaw, pitch, half, cx, cy, kind = TOY_POSES[index]
-    rng = np.random.default_rng(1000 + index)
-    n, k = SIZE * SUPERSAMPLE, SUPERSAMPLE
-    img = _background(kind, n, rng)
-    x, y = _grid(n)
-    rot = _rotation(yaw, pitch)
-
-    def project(p):
-        q = rot @ np.asarray(p, np.float64)
-        return np.array([cx * k + half * k * q[0], cy * k - half * k * q[1]]), q[2]
-
-    base, _ = project((0, -1, 0))
-    shadow = ((x - base[0]) / (1.5 * half * k)) ** 2 + ((y - base[1]) / (0.45 * half * k)) ** 2 < 1
-    img[shadow] *= 0.6
-    angle = rng.uniform(0, 2 * math.pi, size=2)
-    pupils = [(0.06 * math.cos(a), 0.06 * math.sin(a)) for a in angle]
-    light = np.array([-0.4, 0.8, 0.45]) / np.linalg.norm([-0.4, 0.8, 0.45])
-    for name, (corner, edge_u, edge_v, normal) in FACES.items():
-        n_cam = rot @ np.asarray(normal, np.float64)
-        if n_cam[2] <= 0:
-            continue
-        origin, _ = project(corner)
-        a = project(np.add(corner, edge_u))[0] - origin
-        b = project(np.add(corner, edge_v))[0] - origin
-        inv = np.linalg.inv(np.stack([a, b], axis=1))
-        u = inv[0, 0] * (x - origin[0]) + inv[0, 1] * (y - origin[1])
-        v = inv[1, 0] * (x - origin[0]) + inv[1, 1] * (y - origin[1])
-        inside = (u >= 0) & (u <= 1) & (v >= 0) & (v <= 1)
-        shade = 0.55 + 0.45 * max(float(n_cam @ light), 0.0)
-        img[inside] = _face_texture(name, u[inside], v[inside], pupils) * shade
-    big = Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
-    return big.resize((SIZE, SIZE), Image.LANCZOS)
-
 
 def _curve(points, steps=64):
     """Points along a Catmull-Rom spline through ``points``."""
@@ -250,30 +126,35 @@ def style_image(index):
     return canvas.resize((SIZE, SIZE), Image.LANCZOS)
 
 
+# Folders of the toy world's concepts: (folder, concept, with captions).
+TOY_FOLDERS = (("demo_toy", "toy_star", False), ("toy_dotted", "toy_dotted", True))
+
+
 def write_demo(root=DATASETS):
-    """Write ``root/demo_toy/toy_0i.png``, ``root/demo_style/style_0i.png`` and the toy-world concepts
-    ``root/toy_star/`` and ``root/toy_dotted/`` (pictures with captions); returns the paths."""
+    """Write ``root/demo_style/style_0i.png`` and the toy-world concepts of :data:`TOY_FOLDERS`
+    (``{folder}/{concept}_0i.png``, and ``.txt`` captions where asked); returns the paths."""
     written = []
-    for folder, prefix, draw in (("demo_toy", "toy", toy_image), ("demo_style", "style", style_image)):
+    os.makedirs(os.path.join(root, "demo_style"), exist_ok=True)
+    for i in range(COUNT):
+        path = os.path.join(root, "demo_style", f"style_{i:02d}.png")
+        style_image(i).save(path, optimize=True)
+        written.append(path)
+    for folder, name, captions in TOY_FOLDERS:
         os.makedirs(os.path.join(root, folder), exist_ok=True)
-        for i in range(COUNT):
-            path = os.path.join(root, folder, f"{prefix}_{i:02d}.png")
-            draw(i).save(path, optimize=True)
-            written.append(path)
-    for name, concept in CONCEPTS.items():
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        for i, (picture, caption) in enumerate(training_set(concept)):
-            path = os.path.join(root, name, f"{name}_{i:02d}")
+        for i, (picture, caption) in enumerate(training_set(CONCEPTS[name])):
+            path = os.path.join(root, folder, f"{name}_{i:02d}")
             Image.fromarray(picture).save(path + ".png", optimize=True)
-            with open(path + ".txt", "w", newline="\n") as f:
-                f.write(caption + "\n")
-            written += [path + ".png", path + ".txt"]
+            written.append(path + ".png")
+            if captions:
+                with open(path + ".txt", "w", newline="\n") as f:
+                    f.write(caption + "\n")
+                written.append(path + ".txt")
     return written
 
 
 def main():
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=DATASETS, help="folder receiving demo_toy/, demo_style/, toy_star/, toy_dotted/")
+    parser.add_argument("--out", default=DATASETS, help="folder receiving demo_toy/, demo_style/ and toy_dotted/")
     args = parser.parse_args()
     check_outputs([("--out", args.out)], [], kind="new_files")
     for path in write_demo(args.out):

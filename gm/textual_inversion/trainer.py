@@ -18,7 +18,6 @@ from mindspore import Tensor, nn
 from tqdm import tqdm
 
 from gm.build import build_model, size_multiple
-from gm.checkpoints.random_weights import write_random_checkpoint
 from gm.checkpoints.weight_files import open_weights, write_ckpt
 from gm.checks import check_outputs, check_value
 from gm.errors import UsageError
@@ -91,10 +90,11 @@ class Settings:
     infer_images: int = 2
     infer_steps: int = 40
     guidance_scale: float = 5.0
+    measure_concept: str = None  # a toy-world concept (gm.toyworld.concepts.CONCEPTS) scored by the meter
+    measure_samples: int = 16
     seed: int = 42
     resume: bool = False
     overwrite: bool = False  # replace an earlier run in save_path (removed when this run starts writing)
-    random_weights: bool = False  # write random weights to ``weight`` if it is missing (the demo's default file)
     amp_level: str = "O0"
     amp_dtype: str = "float16"
     from_config: set = field(default_factory=set)  # names of the settings read from the training config
@@ -124,6 +124,8 @@ OPTIONS = {
     "infer_images": (None, "infer.num_images", "count"),
     "infer_steps": (None, "infer.sample_steps", "count"),
     "guidance_scale": (None, "infer.guidance_scale", "finite"),
+    "measure_concept": ("--measure_concept", None, None),
+    "measure_samples": (None, "infer.measure_samples", "count"),
     "seed": ("--seed", None, "natural"),
 }
 
@@ -156,6 +158,14 @@ def check_settings(s):
     if s.resolution % multiple:
         raise UsageError(f"{setting_name(s, 'resolution')} {s.resolution}: this model needs a multiple of {multiple} "
                          "(the VAE's 8 times 2 per UNet downsampling)")
+    if s.measure_concept is not None:
+        from gm.toyworld.concepts import CONCEPTS
+
+        if s.measure_concept not in CONCEPTS:
+            raise UsageError(f"--measure_concept {s.measure_concept!r}: expected one of {', '.join(CONCEPTS)} "
+                             "(concepts of the toy world, for the toy model)")
+        if len(s.concepts) != 1:
+            raise UsageError("--measure_concept: needs exactly one concept to train")
     if s.lr_scheduler not in ("constant", "cosine"):
         raise UsageError(f"{setting_name(s, 'lr_scheduler')} {s.lr_scheduler!r}: expected constant or cosine")
     if s.infer_prompt is not None:
@@ -220,15 +230,12 @@ class Trainer:
         self.out = self.outputs[0]
         state = self._read_state() if s.resume else {"step": 0}
         self.start_step = state["step"]
-        if not (os.path.isfile(s.weight) or s.random_weights):
+        if not os.path.isfile(s.weight):
             raise UsageError(f"--weight {s.weight}: no such file (convert the official weights with "
                              "tools/convert_weight.py, or try --demo True without --weight)")
         self.datasets = [TIDataset(c.data_path, c.placeholder_token, c.num_vectors, c.learnable_property,
                                    s.resolution, center_crop=s.center_crop, flip_p=s.flip_p, repeats=s.repeats,
                                    template_file=c.template_file, seed=s.seed, name=c.label) for c in s.concepts]
-        if s.random_weights and not os.path.isfile(s.weight):
-            print(f"writing random weights for the demo to {s.weight}", flush=True)
-            write_random_checkpoint(s.config, s.weight)
         self.model = build_model(s.config, s.weight, s.amp_level, s.amp_dtype)
         widths = [e.embedding.weight.shape[1] for e in self.model.conditioner.text_embedders]
         for c in s.concepts:
@@ -252,7 +259,9 @@ class Trainer:
             self.optimizer.load_state([state[f"moment_{i}"] for i in range(2 * len(self.params))])
         self.sigma_sampler = self.model.loss_fn.sigma_sampler
         self.latents = []
-        self.sampler = SamplingPipeline(self.model) if s.infer_during_train and self.parallel.is_main else None
+        wanted = s.infer_during_train or s.measure_concept
+        self.sampler = SamplingPipeline(self.model) if wanted and self.parallel.is_main else None
+        self.scores = {}  # {step: {measure: score}} of --measure_concept
         self.stop_requested = False
 
     @staticmethod
@@ -382,7 +391,12 @@ class Trainer:
         return loss, lr
 
     def infer(self, step):
-        """Images for each concept's fixed prompt and seed; one progression row per call."""
+        """Images for each concept's fixed prompt and seed (one progression row per call), and the
+        --measure_concept score."""
+        if self.s.measure_concept:
+            self.measure(step)
+        if not self.s.infer_during_train:
+            return
         sampler = make_sampler("euler", self.s.infer_steps, self.s.guidance_scale)
         for concept, dataset, out in zip(self.s.concepts, self.datasets, self.outputs):
             prompt = self.s.infer_prompt or INFER_PROMPTS[concept.learnable_property]
@@ -390,6 +404,19 @@ class Trainer:
             images = self.sampler.sample([prompt] * self.s.infer_images, self.s.resolution, self.s.resolution,
                                          seed=self.s.seed, sampler=sampler)
             out.save_samples(step, images)
+
+    def measure(self, step):
+        """The concept meter's reading of samples of the word's test prompts (fresh seeds), printed."""
+        from gm.toyworld.concepts import CONCEPTS, measure
+
+        s = self.s
+        scores, _ = measure(self.sampler, CONCEPTS[s.measure_concept], self.datasets[0].expanded_placeholder,
+                            samples=s.measure_samples, size=s.resolution, steps=s.infer_steps,
+                            guidance=s.guidance_scale, seed=s.seed + 1)
+        self.scores[step] = scores
+        shown = ", ".join(f"{name} {100 * v['concept']:.0f} % (with the rest of the prompt {100 * v['prompt']:.0f} %)"
+                          for name, v in scores.items())
+        tqdm.write(f"step {step}: {s.measure_concept} shown in {shown} of {s.measure_samples} samples each")
 
     def summary(self):
         s = self.s
@@ -427,6 +454,8 @@ class Trainer:
         bar = tqdm(total=self.s.total_step, initial=self.start_step, desc="training", unit="step",
                    dynamic_ncols=True, disable=not main)
         step = self.start_step
+        if self.sampler and step == 0:
+            self.infer(0)  # the word's initial vectors: the first progression row, the score before training
         try:
             while step < self.s.total_step and not self.parallel.any(self.stop_requested):
                 start = time.perf_counter()
