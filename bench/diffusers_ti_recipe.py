@@ -28,7 +28,7 @@ Settings, script defaults unless the caller overrides them:
     text_embeds: encoder 2's projected pooled output; time_ids: original
     size + crop top-left + (size, size)                                         l. 933-956
   both encoders in train mode (dropout is 0 in these configs)                   l. 822-823, 913-914
-  seed: random, numpy and torch seeded with ``seed`` (accelerate's set_seed)     l. 632-633
+  seed: random, numpy and torch seeded with ``seed`` (accelerate's set_seed)    l. 632-633
 
 Where this departs from the script, forced by the setting:
   models from our single file (bench/sampling.py), not from_pretrained (l. 646-662); training at ``size`` px,
@@ -37,6 +37,10 @@ Where this departs from the script, forced by the setting:
   time_ids have one row per picture of the actual batch: the script builds train_batch_size rows (l. 940-954)
   and so raises IndexError on the short last batch of an epoch whenever 100 * pictures is not a multiple of
   the batch; samples come from the pipeline's Euler scheduler, not the DPM-Solver of its validation (l. 149).
+
+Sampling (ti_quality's protocol): the pipeline's Euler scheduler ("leading" spacing), ``sample_steps`` steps,
+guidance ``guidance``, zero negative embedding, sample k from generator ``seed + k`` whatever the chunk (16).
+Torch runs ``threads`` threads (2); beside another busy process 2 OpenMP threads were 15-25x slower than 1.
 """
 import argparse
 import os
@@ -259,7 +263,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=os.path.join(ROOT, "configs/inference/sd_xl_toy.yaml"))
     parser.add_argument("--weights", default=os.path.join(ROOT, "checkpoints/sd_xl_toy.safetensors"))
-    parser.add_argument("--data", default=os.path.join(ROOT, "datasets/toy_star"))
+    parser.add_argument("--data", default=os.path.join(ROOT, "datasets/demo_toy"))
     parser.add_argument("--placeholder", default="<toy-star>")
     parser.add_argument("--initializer", default="star")
     parser.add_argument("--property", default="object", choices=["object", "style"])
