@@ -196,9 +196,10 @@ def main(argv=None):
         print(f"learned vectors: {out.ti_path(step)}")
     if trainer.scores:
         first, last = min(trainer.scores), max(trainer.scores)
-        for name in trainer.scores[first]:
-            print(f"{args.measure_concept} {name}: {100 * trainer.scores[first][name]['concept']:.0f} % of samples at "
-                  f"step {first}, {100 * trainer.scores[last][name]['concept']:.0f} % at step {last}")
+        for name, before in trainer.scores[first].items():
+            after = trainer.scores[last][name]
+            shares = ", ".join(f"{key} {100 * before[key]:.0f} -> {100 * after[key]:.0f} %" for key in before)
+            print(f"{args.measure_concept} {name} (share of samples, step {first} -> {last}): {shares}")
     if args.demo:
         print(f"Samples per inference step: {args.save_path}/samples/progression.png. With the real SDXL weights: convert "
               "them with tools/convert_weight.py (see README), then run with --data_path YOUR_FOLDER.")

@@ -414,9 +414,11 @@ class Trainer:
                             samples=s.measure_samples, size=s.resolution, steps=s.infer_steps,
                             guidance=s.guidance_scale, seed=s.seed + 1)
         self.scores[step] = scores
-        shown = ", ".join(f"{name} {100 * v['concept']:.0f} % (with the rest of the prompt {100 * v['prompt']:.0f} %)"
-                          for name, v in scores.items())
-        tqdm.write(f"step {step}: {s.measure_concept} shown in {shown} of {s.measure_samples} samples each")
+        concept = CONCEPTS[s.measure_concept]
+        for name, v in scores.items():
+            parts = ", ".join(f"{a} {100 * v[a]:.0f} %" for a in concept.attributes)
+            tqdm.write(f"step {step}: {s.measure_concept} {name}: concept {100 * v['concept']:.0f} %, with the rest of "
+                       f"the prompt {100 * v['prompt']:.0f} % ({parts}) of {s.measure_samples} samples")
 
     def summary(self):
         s = self.s

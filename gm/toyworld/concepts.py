@@ -74,10 +74,14 @@ def training_set(concept, count=5, size=64, seed=0):
 
 def score(concept, wanted, pictures):
     """{"concept": share of pictures showing every attribute of the concept, "prompt": share also showing
-    ``wanted`` (what the prompt asks)}."""
+    ``wanted`` (what the prompt asks), and per attribute of the concept (e.g. "colour") the share showing
+    that attribute alone}."""
     readings = [meter.read(p) for p in pictures]
-    return {"concept": float(np.mean([r.shows(**concept.attributes) for r in readings])),
-            "prompt": float(np.mean([r.shows(**wanted) for r in readings]))}
+    shares = {"concept": float(np.mean([r.shows(**concept.attributes) for r in readings])),
+              "prompt": float(np.mean([r.shows(**wanted) for r in readings]))}
+    for name, value in concept.attributes.items():
+        shares[name] = float(np.mean([r.shows(**{name: value}) for r in readings]))
+    return shares
 
 
 def measure(pipeline, concept, word, samples=32, size=64, steps=20, guidance=5.0, seed=0, sampler="euler"):

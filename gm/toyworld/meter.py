@@ -4,7 +4,7 @@ Analysis by synthesis with the world's own renderer, no learned weights:
 
 - background: the palette background that most of the picture's pixels lie near;
 - objects: connected regions that differ from the background;
-- colour: the palette colour whose plain or pattern shade is nearest to most of a region's pixels;
+- colour: the palette colour whose two shades (plain, pattern) explain most of a region's pixels;
 - pattern: how a region's pattern-shade pixels correlate with each canvas-anchored pattern (any phase);
 - shape: the rendered shape, at every allowed angle, scaled to the region's area and placed on its
   centroid, that overlaps the region best (intersection over union).
@@ -98,26 +98,29 @@ def read_background(image):
 
 
 def read_colour(pixels, background):
-    """(colour name or None, share of pixels nearest its plain or pattern shade, is-pattern-shade [N] bool).
+    """(colour name or None, share of pixels it explains, is-pattern-shade [N] bool).
 
-    Each pixel goes to the nearest of every colour's plain and pattern shade and the measured background
-    (blurred edges); the colour with most pixels wins if it has at least half of them, mostly in its
-    plain shade, and the pixels are near enough to the palette for the picture to be of this world."""
-    names = list(COLOURS)
-    palette = np.asarray([COLOURS[n] for n in names] + [tint(n) for n in names] + [background], np.float32)
-    distance = _distances(pixels, palette)
-    nearest = distance.argmin(1)
-    k = len(names)
-    base_votes = np.bincount(nearest, minlength=2 * k + 1)[:k] / len(pixels)
-    shade_votes = np.bincount(nearest, minlength=2 * k + 1)[k:2 * k] / len(pixels)
-    votes = base_votes + shade_votes
-    best = int(votes.argmax())
-    mine = (nearest == best) | (nearest == best + k)
-    close = float(np.median(distance[mine, best] if base_votes[best] >= shade_votes[best] else
-                            distance[mine, best + k])) if mine.any() else np.inf
-    if votes[best] < 0.5 or base_votes[best] < MIN_BASE_SHARE * votes[best] or close > COLOUR_TOLERANCE:
-        return None, float(votes[best]), np.zeros(len(pixels), bool)
-    return names[best], float(votes[best]), nearest == best + k
+    An object of this world is one palette colour, plain or with a pattern in that colour's second shade
+    (:func:`gm.toyworld.world.tint`). A pixel is explained by a colour when one of its two shades is within
+    :data:`COLOUR_TOLERANCE` and nearer than the measured background (blurred edges are not). The colour
+    explaining most pixels wins (ties: the nearer one), if it explains at least half of them, mostly in
+    its plain shade. (Judging each colour by its own two shades matters: a pattern shade can lie near
+    another colour's plain shade, orange's dark stripes near brown.)"""
+    to_background = np.linalg.norm(pixels - background, axis=-1)
+    best, best_key, best_shade = None, (0.0, 0.0), None
+    for name in COLOURS:
+        distance = _distances(pixels, np.asarray([COLOURS[name], tint(name)], np.float32))
+        nearest, closest = distance.argmin(1), distance.min(1)
+        explained = (closest < COLOUR_TOLERANCE) & (closest < to_background)
+        share = float(explained.mean())
+        if share < 0.5 or (explained & (nearest == 0)).sum() < MIN_BASE_SHARE * explained.sum():
+            continue
+        key = (share, -float(np.median(closest[explained])))
+        if key > best_key:
+            best, best_key, best_shade = name, key, explained & (nearest == 1)
+    if best is None:
+        return None, 0.0, np.zeros(len(pixels), bool)
+    return best, best_key[0], best_shade
 
 
 def read_pattern(is_shade, region):
