@@ -104,15 +104,7 @@ class SamplingPipeline:
     @property
     def concepts(self):
         """{token: number of vectors} of the learned words in the model, in the order added."""
-        added = self.engine.conditioner.text_embedders[0].tokenizer.added_tokens
-        found = {}
-        for token in added:
-            base = next((t for t, n in found.items() if token == f"{t}_{n}"), None)
-            if base is None:
-                found[token] = 1
-            else:
-                found[base] += 1
-        return found
+        return dict(self.engine.conditioner.learned_words)
 
     def load_concept(self, path):
         """Add (or replace) the learned word of an embedding file (any format :func:`load_ti` reads); returns

@@ -16,7 +16,7 @@ from gm.checkpoints.weight_files import write_ckpt
 from gm.checks import check_value
 from gm.errors import UsageError, WeightFileError
 from gm.textual_inversion import formats
-from gm.textual_inversion.words import check_word, placeholder_tokens
+from gm.textual_inversion.words import check_word, placeholder_tokens, slug
 
 ENCODER_KEYS = ("clip_l", "clip_g")
 
@@ -62,8 +62,9 @@ def add_concept(conditioner, token, num_vectors, rows=None, initializer_token=No
             raise UsageError(f"{name} {token!r}: {taken[0]!r} is a token of another learned word already in the "
                              "model; choose another word")
         values = initial_rows(embedder, num_vectors, initializer_token, rng) if rows is None else rows[index]
-        embedder.add_tokens(tokens, values, f"conditioner.text_embedders.{index}.{_safe(token)}")
+        embedder.add_tokens(tokens, values, f"conditioner.text_embedders.{index}.{slug(token)}")
         params.append(embedder.embedding.extra)
+    conditioner.learned_words[token] = num_vectors
     return params
 
 
@@ -73,10 +74,6 @@ def _is_known(tokenizer, token):
     except KeyError:
         return False
     return True
-
-
-def _safe(token):
-    return re.sub(r"[^0-9A-Za-z_-]", "_", token)
 
 
 def concept_rows(conditioner, token, num_vectors):

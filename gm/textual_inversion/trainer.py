@@ -7,7 +7,6 @@ exactly what one process with batch N*B sees.
 """
 import math
 import os
-import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from gm.textual_inversion.embeddings import add_concept, concept_rows, load_ti, 
 from gm.textual_inversion.outputs import RunOutputs, check_save_path, clear_run, run_files
 from gm.textual_inversion.templates import load_templates
 from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr, learning_rate
-from gm.textual_inversion.words import check_initializer, check_vectors, placeholder_tokens
+from gm.textual_inversion.words import check_initializer, check_vectors, placeholder_tokens, slug
 
 INFER_PROMPTS = {"object": "a photo of a {}", "style": "a painting in the style of {}", "face": "a photo of {}"}
 
@@ -50,7 +49,7 @@ class Concept:
     @property
     def name(self):
         """File-name form of the token (``<cat-toy>`` -> ``cat-toy``)."""
-        return re.sub(r"[^0-9A-Za-z_.-]+", "_", self.placeholder_token).strip("_") or "concept"
+        return slug(self.placeholder_token)
 
     def label(self, key):
         """How an error names this concept's ``key``: its flag, or its --concepts file, entry and key."""

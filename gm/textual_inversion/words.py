@@ -17,6 +17,7 @@ start and end markers: :func:`check_vectors` bounds N so that every prompt fits 
 off, so those vectors would silently get no gradient).
 """
 import functools
+import re
 
 from gm.checks import check_value
 from gm.errors import UsageError
@@ -108,3 +109,9 @@ def check_initializer(name, word):
         raise UsageError(f"{name} {word!r} is {len(ids)} tokens; it must be a single token (an ordinary word such "
                          "as toy or painting)")
     return ids[0]
+
+
+def slug(word):
+    """The word as a name for folders and parameters: letters, digits, ``_`` and ``-`` (``<cat-toy>`` ->
+    ``cat-toy``)."""
+    return re.sub(r"[^0-9A-Za-z_-]+", "_", word).strip("_") or "word"

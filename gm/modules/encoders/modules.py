@@ -181,6 +181,7 @@ class GeneralConditioner(nn.Cell):
             freeze(embedder)
             embedders.append(embedder)
         self.embedders = nn.CellList(embedders)
+        self.learned_words = {}  # {token: number of vectors} of the words added by textual inversion, in order
 
     @property
     def text_embedders(self):
