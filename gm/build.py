@@ -2,7 +2,7 @@
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor
+from mindspore import Tensor, nn
 from mindspore.nn.utils import no_init_parameters
 
 from gm.checkpoints.layout import check_layout, model_parameters
@@ -13,7 +13,7 @@ from gm.errors import ConfigError
 from gm.modules.layers import GroupNorm, LayerNorm
 
 
-def size_multiple(config):
+def size_multiple(config) -> int:
     """What image sides must be multiples of for a model config: the VAE's downsampling (8 for SDXL) times 2
     per UNet downsampling (32 for SDXL)."""
     params = config.model.params
@@ -21,7 +21,7 @@ def size_multiple(config):
     return vae * 2 ** (len(params.network_config.params.channel_mult) - 1)
 
 
-def load_weights(model, path):
+def load_weights(model: nn.Cell, path: str) -> None:
     """Load a ``.ckpt`` or official ``.safetensors`` into ``model``, tensor by tensor."""
     with open_weights(path) as reader:
         params = model_parameters(model)
@@ -53,7 +53,7 @@ def mixed_precision(model, level, dtype="float16"):
                     cell.to_float(ms.float32)
 
 
-def build_model(config, weights=None, amp_level="O0", amp_dtype="float16"):
+def build_model(config, weights: str = None, amp_level: str = "O0", amp_dtype: str = "float16") -> nn.Cell:
     """DiffusionEngine from a config (path or loaded) and optional weights (path), all frozen,
     with :func:`mixed_precision` ``amp_level`` in ``amp_dtype``."""
     if isinstance(config, str):

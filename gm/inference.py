@@ -17,7 +17,8 @@ def default_size(config):
     return int((config.get("train") or {}).get("resolution", 1024))
 
 
-def condition_batch(prompts, height, width, crop=(0, 0), original_size=None):
+def condition_batch(prompts: list, height: int, width: int, crop: tuple = (0, 0),
+                    original_size: tuple = None) -> dict:
     """The conditioner's batch for prompts at a target size (SDXL's size/crop conditioning)."""
     n = len(prompts)
     original = original_size or (height, width)
@@ -37,7 +38,7 @@ def strength_sigmas(sigmas, strength):
     return sigmas[len(sigmas) - max(int(strength * len(sigmas)), 1):]
 
 
-def to_uint8(images):
+def to_uint8(images) -> np.ndarray:
     """Decoded images [B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
     images = ((images.asnumpy().clip(-1, 1) + 1) * 127.5).round().astype(np.uint8)
     return images.transpose(0, 2, 3, 1)
@@ -91,29 +92,29 @@ class SamplingPipeline:
         self._decode = _Decode(engine)
 
     @property
-    def size_multiple(self):
+    def size_multiple(self) -> int:
         """What image sides must be multiples of (32 for SDXL)."""
         return self.engine.size_multiple
 
     # -- learned words -----------------------------------------------------------------------------
     @property
-    def encoder_widths(self):
+    def encoder_widths(self) -> list:
         """Width of each text encoder's token embedding (what a learned vector must have)."""
         return [e.embedding.weight.shape[1] for e in self.engine.conditioner.text_embedders]
 
     @property
-    def concepts(self):
+    def concepts(self) -> dict:
         """{token: number of vectors} of the learned words in the model, in the order added."""
         return dict(self.engine.conditioner.learned_words)
 
-    def load_concept(self, path):
+    def load_concept(self, path: str) -> str:
         """Add (or replace) the learned word of an embedding file (any format :func:`load_ti` reads); returns
         its token."""
         token, rows = load_ti(path, self.encoder_widths)
         self.add_concept(token, rows, path)
         return token
 
-    def add_concept(self, token, rows, source="embedding"):
+    def add_concept(self, token: str, rows: list, source: str = "embedding") -> None:
         """Give ``token`` the vectors ``rows`` (one [N, D] array per encoder).
 
         A token loaded before with the same N gets the new values; ``source`` names the origin in errors.
@@ -138,7 +139,7 @@ class SamplingPipeline:
             table.set_data(Tensor(data))
 
     # -- prompts -----------------------------------------------------------------------------------
-    def expand(self, prompt):
+    def expand(self, prompt: str) -> str:
         """The prompt with every learned word written as its N tokens (words written out already stay)."""
         for token, n in self.concepts.items():
             prompt = expand_prompt(prompt.replace(" ".join(placeholder_tokens(token, n)), token), token, n)
@@ -189,7 +190,8 @@ class SamplingPipeline:
             raise ValueError(f"height and width must be positive multiples of {m} for this model, "
                              f"got {height}x{width}")
 
-    def sample(self, prompts, height, width, negative=None, num_steps=None, seed=0, sampler=None, callback=None):
+    def sample(self, prompts: list, height: int, width: int, negative: list = None, num_steps: int = None,
+               seed: int = 0, sampler=None, callback=None) -> np.ndarray:
         """Images [B, H, W, 3] uint8 for the prompts, from noise drawn with ``seed``."""
         self.check_size(height, width)
         sampler = sampler or self.engine.sampler

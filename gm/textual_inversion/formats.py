@@ -78,7 +78,7 @@ class EmbeddingFile:
     problem: str = None
 
 
-def describe(path):
+def describe(path: str) -> EmbeddingFile:
     """An :class:`EmbeddingFile` for ``path`` (file or diffusers folder) in any format, usable or not.
 
     Raises :class:`WeightFileError` only for what cannot be read at all (missing, truncated, a pickle).
@@ -112,7 +112,7 @@ def describe(path):
     return found
 
 
-def read(path, need_word=True):
+def read(path: str, need_word: bool = True) -> EmbeddingFile:
     """The usable :class:`EmbeddingFile` at ``path``; :class:`WeightFileError` (one line naming the
     file and, for another model's file, the model family it looks made for) otherwise.
 
@@ -125,7 +125,7 @@ def read(path, need_word=True):
     return found
 
 
-def write(dst, token, rows, fmt, dtype=np.float32):
+def write(dst: str, token: str, rows: list, fmt: str, dtype=np.float32) -> list:
     """Write ``token``'s rows (one [N, D] array per encoder) as format ``fmt``; returns the files written.
 
     Every file is written atomically. ``a1111`` files carry no token (their word is the file name)
