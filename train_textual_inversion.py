@@ -99,7 +99,7 @@ def parser():
 def concepts_from_file(path):
     """The concepts of a --concepts YAML file."""
     from omegaconf import OmegaConf
-    from gm.textual_inversion.trainer import Concept
+    from gm.textual_inversion.settings import Concept
 
     if not os.path.isfile(path):
         raise UsageError(f"--concepts {path}: no such file")
@@ -137,7 +137,7 @@ def concepts_from_file(path):
 def settings(args):
     """Flags merged over the training config."""
     from gm.config import load_config
-    from gm.textual_inversion.trainer import OPTIONS, Concept, Settings
+    from gm.textual_inversion.settings import OPTIONS, Concept, Settings
 
     config = load_config(args.config)
     if args.concepts:

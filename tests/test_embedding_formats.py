@@ -5,8 +5,6 @@ embeddings; the inspect and export tools; bad input."""
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,15 +15,11 @@ from omegaconf import OmegaConf
 from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, TINY_CONFIG, diffusers_unet_config, rel_err
-from test_text_encoders import hf_clip_g, hf_clip_l, tiny_params
-from test_tokenizer import write_hf_vocab
-from test_weights import damaged
+from conftest import ROOT, TINY_CONFIG, damaged, rel_err, run_main, run_script
+from reference import diffusers_unet_config, hf_clip_g, hf_clip_l, tiny_params, write_hf_vocab
 
 from gm.build import build_model
-from gm.checkpoints.random_weights import write_random_checkpoint
 from gm.checkpoints.weight_files import open_weights, write_ckpt
-from gm.cli import run
 from gm.errors import UsageError, WeightFileError
 from gm.inference import condition_batch
 from gm.textual_inversion import formats
@@ -38,12 +32,6 @@ TOKEN = "<cat-toy>"
 TOL = 1e-4
 
 
-def tool(name, *args, cwd=ROOT):
-    """Run a tool as a user does (a separate process)."""
-    return subprocess.run([sys.executable, os.path.join(TOOLS, name), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
-
-
 def tool_main(name):
     """A tool's ``main(argv)``, imported from tools/."""
     spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(TOOLS, name))
@@ -54,14 +42,7 @@ def tool_main(name):
 
 def run_tool(capsys, name, *args):
     """A tool run in this process through gm.cli.run, as its ``__main__`` does: (exit code, stdout, stderr)."""
-    main = tool_main(name)
-    try:
-        run(lambda: main(list(args)))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return run_main(capsys, tool_main(name), *args)
 
 
 def random_rows(seed, n, widths=WIDTHS, scale=0.5):
@@ -70,14 +51,12 @@ def random_rows(seed, n, widths=WIDTHS, scale=0.5):
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(tiny_checkpoint, tmp_path_factory):
     """Tiny random weights, our _ti.ckpt for <cat-toy> (3 vectors) and the tool's exports of it."""
     root = tmp_path_factory.mktemp("formats")
-    weights = str(root / "tiny.safetensors")
-    write_random_checkpoint(TINY_CONFIG, weights, seed=7)
     source = str(root / "SD-XL-tiny_100_ti.ckpt")
     save_ti(source, TOKEN, random_rows(1, 3))
-    out = {"root": root, "weights": weights, "source": source}
+    out = {"root": root, "weights": tiny_checkpoint, "source": source}
     export = tool_main("export_embedding.py")
     for fmt, dst, name in (("a1111", "a1111/", "a1111/cat-toy.safetensors"), ("diffusers", "diffusers", "diffusers"),
                            ("mindone", "mindone_ti.ckpt", "mindone_ti.ckpt"),
@@ -100,7 +79,7 @@ def state(work):
         return {k: np.array(reader.get(k)) for k in reader.keys()}
 
 
-def diffusers_pipeline(state, vocab):
+def tiny_pipeline(state, vocab):
     """StableDiffusionXLPipeline assembled from diffusers' single-file conversion of the tiny checkpoint."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from diffusers.loaders import single_file_utils as sfu
@@ -162,7 +141,8 @@ def test_every_format_reads_back_the_same_word(work):
 
 def test_every_format_starts_further_training(work):
     """--initializer_file takes any format: the trainer's starting rows are the file's."""
-    from gm.textual_inversion.trainer import Concept, Trainer
+    from gm.textual_inversion.settings import Concept
+    from gm.textual_inversion.trainer import Trainer
 
     _, rows = load_ti(work["source"])
     for fmt in ("a1111", "diffusers", "mindone", "ours"):
@@ -173,7 +153,8 @@ def test_every_format_starts_further_training(work):
 
 def test_fp16_export(work, tmp_path):
     dst = str(tmp_path / "cat-toy-half.safetensors")  # the word is the file name ("half" alone is a vocabulary word)
-    result = tool("export_embedding.py", "--src", work["source"], "--format", "a1111", "--dst", dst, "--dtype", "fp16")
+    result = run_script("tools/export_embedding.py", "--src", work["source"], "--format", "a1111", "--dst", dst,
+                        "--dtype", "fp16")
     assert result.returncode == 0, result.stderr
     assert "word in prompts: cat-toy-half" in result.stdout
     with open_weights(dst) as reader:
@@ -187,7 +168,7 @@ def test_fp16_export(work, tmp_path):
 @pytest.mark.parametrize("fmt", ["a1111", "diffusers"])
 def test_diffusers_pipeline_takes_our_export(work, state, hf_vocab, fmt):
     """load_textual_inversion once per encoder; encode_prompt equals our conditioner (context and pooled)."""
-    pipe = diffusers_pipeline(state, hf_vocab)
+    pipe = tiny_pipeline(state, hf_vocab)
     token = formats.read(work[fmt]).token
     prompt = f"a {token} backpack"
     plain_context, _ = diffusers_embeddings(pipe, prompt)
@@ -212,7 +193,7 @@ def test_diffusers_pipeline_takes_our_export(work, state, hf_vocab, fmt):
 def test_embedding_saved_by_diffusers_loads_here(work, state, hf_vocab, tmp_path):
     """Files written as diffusers' textual_inversion_sdxl.py save_progress does (rows sliced out of each
     encoder's input embeddings, {token: rows}, metadata format pt), folder and single file."""
-    pipe = diffusers_pipeline(state, hf_vocab)
+    pipe = tiny_pipeline(state, hf_vocab)
     token, rows = "<dog-toy>", random_rows(5, 2)
     ids = []
     pairs = ((pipe.text_encoder, pipe.tokenizer), (pipe.text_encoder_2, pipe.tokenizer_2))
@@ -396,7 +377,8 @@ def test_one_rule_for_a_learned_word(word, tmp_path, capsys):
 
 def test_inspect_tool(work, tmp_path, capsys):
     save_numpy({"emb_params": np.ones((2, 768), np.float32)}, str(tmp_path / "sd1.safetensors"))
-    result = tool("inspect_embedding.py", work["source"], work["a1111"], work["diffusers"], work["mindone"])
+    result = run_script("tools/inspect_embedding.py", work["source"], work["a1111"], work["diffusers"],
+                        work["mindone"])
     assert result.returncode == 0, result.stderr
     blocks = result.stdout.split("\n" + str(work["root"]))
     assert len(blocks) == 4 and result.stderr == ""
@@ -484,14 +466,12 @@ def test_sampling_cli_takes_a1111_file(work):
     config = os.path.join(ROOT, "configs", "training", "sd_xl_tiny_finetune_textual_inversion.yaml")
     common = ["--config", config, "--weight", work["weights"], "--sample_step", "1", "--H", "32", "--W", "32",
               "--device_target", "CPU", "--ms_mode", "1", "--save_path", str(root / "samples")]
-    result = subprocess.run([sys.executable, CLI, *common, "--textual_inversion_weight", work["a1111"],
-                             "--prompt", "a cat-toy backpack"], capture_output=True, text=True, timeout=600)
+    result = run_script(CLI, *common, "--textual_inversion_weight", work["a1111"], "--prompt", "a cat-toy backpack")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "learned word cat-toy (3 vectors)" in result.stdout
     taken = str(root / "cat.safetensors")
     formats.write(taken, TOKEN, random_rows(2, 1), "a1111")
-    result = subprocess.run([sys.executable, CLI, *common, "--textual_inversion_weight", taken],
-                            capture_output=True, text=True, timeout=600)
+    result = run_script(CLI, *common, "--textual_inversion_weight", taken)
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert "'cat' is already a word of the vocabulary" in result.stderr and taken in result.stderr

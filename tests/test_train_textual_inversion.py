@@ -10,9 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_main, run_script
 
-from gm.checkpoints.random_weights import write_random_checkpoint
 from gm.checkpoints.weight_files import open_weights
 
 SCRIPT = os.path.join(ROOT, "train_textual_inversion.py")
@@ -22,14 +21,13 @@ DEMO_STYLE = os.path.join(ROOT, "datasets", "demo_style")
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
-    write_random_checkpoint(TINY_TRAIN, path, seed=1)
-    return path
+def weights(tiny_checkpoint):
+    """The shared tiny checkpoint (conftest.py); its folder holds nothing else."""
+    return tiny_checkpoint
 
 
 def train(*args, cwd=ROOT, timeout=900):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return run_script(SCRIPT, *args, cwd=cwd, timeout=timeout)
 
 
 def tiny(weights, *args):
@@ -77,7 +75,8 @@ def test_training_learns_and_leaves_the_model_alone(weights, tmp_path):
     """Loss falls, the new rows move, the original tables stay bit-identical (in-process, graph mode)."""
     import mindspore as ms
     from gm.config import load_config
-    from gm.textual_inversion.trainer import Concept, Settings, Trainer
+    from gm.textual_inversion.settings import Concept, Settings
+    from gm.textual_inversion.trainer import Trainer
 
     ms.set_context(mode=0)
     save = str(tmp_path / "run")
@@ -259,26 +258,11 @@ def test_mixed_precision_trains_like_fp32(weights, tmp_path):
     assert os.path.isfile(os.path.join(runs["O2"][0], "samples", "step_2.png"))
 
 
-@pytest.fixture
-def keep_mode():
-    import mindspore as ms
-    mode = ms.get_context("mode")
-    yield
-    ms.set_context(mode=mode)
-
-
 def train_here(capsys, *args):
     """The trainer's command line run in this process, as ``gm.cli.run`` runs it: (exit code, stdout, stderr)."""
-    from gm.cli import run
     from train_textual_inversion import main
 
-    try:
-        run(lambda: main(list(args)))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(capsys, main, *args)
 
 
 def error_line(err):
@@ -329,7 +313,7 @@ def test_demo_runs_on_built_in_defaults(tmp_path, monkeypatch, capsys, keep_mode
     for step in (0, 2):
         assert (save / "samples" / f"step_{step}.png").is_file()
     assert len(losses(str(save))) == 2
-    assert "toy_star reconstruction:" in out and "% at step 2" in out and "progression.png" in out
+    assert "toy_star reconstruction (share of samples, step 0 -> 2): concept" in out and "progression.png" in out
 
 
 def test_demo_with_a_missing_weight_file_is_an_error(tmp_path, capsys, keep_mode):

@@ -185,7 +185,7 @@ class Pretraining:
     def encode(self, indices, stream=2, chunk=64):
         """Posterior moments of the world pictures ``indices`` of a stream: (mean, logvar) float32."""
         from mindspore import Tensor
-        from gm.toyworld.pretrain import PosteriorMoments
+        from gm.models.autoencoder import PosteriorMoments
         from gm.toyworld.world import render
 
         encode = self._moments = getattr(self, "_moments", None) or PosteriorMoments(self.engine.first_stage_model)

@@ -45,3 +45,14 @@ class AutoencoderKL(nn.Cell):
     def decode(self, z):
         """Latent [B, embed_dim, h, w] -> image [B, out_ch, 8h, 8w]."""
         return self.decoder(self.post_quant_conv(z))
+
+
+class PosteriorMoments(nn.Cell):
+    """Images -> (mean, logvar) of the VAE's latent Gaussian, compiled once."""
+
+    def __init__(self, vae):
+        super().__init__(auto_prefix=False)
+        self.vae = vae
+
+    def construct(self, x):
+        return self.vae.encode(x)

@@ -9,198 +9,25 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import mindspore as ms
-from mindspore import Tensor, nn
+from mindspore import Tensor
 from tqdm import tqdm
 
-from gm.build import build_model, size_multiple
-from gm.checkpoints.weight_files import open_weights, write_ckpt
-from gm.checks import check_outputs, check_value
+from gm.build import build_model
+from gm.checks import check_outputs
 from gm.errors import UsageError
 from gm.inference import SamplingPipeline
+from gm.models.autoencoder import PosteriorMoments
 from gm.modules.diffusionmodules.sampling import make_sampler
 from gm.parallel import SingleProcess
-from gm.textual_inversion.dataset import TIDataset, check_concept
+from gm.textual_inversion.dataset import TIDataset
 from gm.textual_inversion.embeddings import add_concept, concept_rows, load_ti, save_ti
 from gm.textual_inversion.outputs import RunOutputs, check_save_path, clear_run, run_files
-from gm.textual_inversion.templates import load_templates
+from gm.textual_inversion.settings import INFER_PROMPTS, check_settings, setting_name
+from gm.textual_inversion.state import check_shapes, read_state, write_state
 from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr, learning_rate
-from gm.textual_inversion.words import check_initializer, check_vectors, placeholder_tokens, slug
-
-INFER_PROMPTS = {"object": "a photo of a {}", "style": "a painting in the style of {}", "face": "a photo of {}"}
-
-
-@dataclass
-class Concept:
-    """One new word: its token, vector count, images and how it is initialised."""
-
-    placeholder_token: str
-    data_path: str
-    num_vectors: int = 1
-    learnable_property: str = "object"
-    initializer_token: str = None
-    initializer_file: str = None
-    template_file: str = None
-    source: str = None  # "--concepts FILE: concept N" for a concept read from a --concepts file
-
-    @property
-    def name(self):
-        """File-name form of the token (``<cat-toy>`` -> ``cat-toy``)."""
-        return slug(self.placeholder_token)
-
-    def label(self, key):
-        """How an error names this concept's ``key``: its flag, or its --concepts file, entry and key."""
-        return f"{self.source}: {key}" if self.source else f"--{key}"
-
-
-@dataclass
-class Settings:
-    """Everything a run depends on (flags merged over the training config)."""
-
-    config: object
-    config_path: str
-    weight: str
-    save_path: str
-    concepts: list = field(default_factory=list)
-    concepts_path: str = None  # the --concepts file they came from, if any
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    total_step: int = 2000
-    learning_rate: float = 5e-3
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    clip_grad: bool = True
-    max_grad_norm: float = 1.0
-    resolution: int = 1024
-    center_crop: bool = True
-    flip_p: float = 0.5
-    repeats: int = 100
-    save_ckpt_interval: int = 500
-    max_num_ckpt: int = None
-    infer_during_train: bool = False
-    infer_interval: int = 500
-    infer_prompt: str = None
-    infer_images: int = 2
-    infer_steps: int = 40
-    guidance_scale: float = 5.0
-    measure_concept: str = None  # a toy-world concept (gm.toyworld.concepts.CONCEPTS) scored by the meter
-    measure_samples: int = 16
-    seed: int = 42
-    resume: bool = False
-    overwrite: bool = False  # replace an earlier run in save_path (removed when this run starts writing)
-    amp_level: str = "O0"
-    amp_dtype: str = "float16"
-    from_config: set = field(default_factory=set)  # names of the settings read from the training config
-
-
-# Settings read from a flag or, when it is not given, the training config: {name: (flag, config key,
-# what a valid value is: a key of gm.checks.RULES)}. A config without max_num_ckpt keeps every _ti.ckpt.
-OPTIONS = {
-    "total_step": ("--total_step", "train.total_step", "count"),
-    "batch_size": ("--train_batch_size", "train.batch_size", "count"),
-    "gradient_accumulation_steps": ("--gradient_accumulation_steps", None, "count"),
-    "learning_rate": ("--learning_rate", "optim.learning_rate", "positive"),
-    "lr_scheduler": ("--lr_scheduler", "optim.lr_scheduler", None),
-    "lr_warmup_steps": ("--lr_warmup_steps", "optim.lr_warmup_steps", "natural"),
-    "weight_decay": (None, "optim.weight_decay", "non_negative"),
-    "betas": (None, "optim.betas", "adam_betas"),
-    "eps": (None, "optim.eps", "positive"),
-    "clip_grad": ("--clip_grad", None, "boolean"),
-    "max_grad_norm": ("--max_grad_norm", None, "positive"),
-    "resolution": ("--resolution", "train.resolution", "multiple_of_8"),
-    "center_crop": ("--center_crop", "train.center_crop", "boolean"),
-    "flip_p": ("--flip_p", "train.flip_p", "probability"),
-    "repeats": ("--repeats", "train.repeats", "count"),
-    "save_ckpt_interval": ("--save_ckpt_interval", "train.save_ckpt_interval", "count"),
-    "max_num_ckpt": ("--max_num_ckpt", "train.max_num_ckpt", "count"),
-    "infer_interval": ("--infer_interval", "infer.interval", "count"),
-    "infer_images": (None, "infer.num_images", "count"),
-    "infer_steps": (None, "infer.sample_steps", "count"),
-    "guidance_scale": (None, "infer.guidance_scale", "finite"),
-    "measure_concept": ("--measure_concept", None, None),
-    "measure_samples": (None, "infer.measure_samples", "count"),
-    "seed": ("--seed", None, "natural"),
-}
-
-
-class VAEEncode(nn.Cell):
-    """Posterior moments of images (compiled once for the latent cache)."""
-
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def construct(self, x):
-        return self.vae.encode(x)
-
-
-def setting_name(s, key):
-    """How an error names setting ``key``: its flag, or the training config and key it was read from."""
-    flag, config_key, _ = OPTIONS[key]
-    return f"{s.config_path}: {config_key}" if key in s.from_config or flag is None else flag
-
-
-def check_settings(s):
-    """Every value of the run, before anything is read, written or built: UsageError naming the flag,
-    config key or --concepts entry of the first bad one."""
-    for key, (_, _, rule) in OPTIONS.items():
-        value = getattr(s, key)
-        if rule and not (key == "max_num_ckpt" and value is None):
-            check_value(setting_name(s, key), value, rule)
-    multiple = size_multiple(s.config)
-    if s.resolution % multiple:
-        raise UsageError(f"{setting_name(s, 'resolution')} {s.resolution}: this model needs a multiple of {multiple} "
-                         "(the VAE's 8 times 2 per UNet downsampling)")
-    if s.measure_concept is not None:
-        from gm.toyworld.concepts import CONCEPTS
-
-        if s.measure_concept not in CONCEPTS:
-            raise UsageError(f"--measure_concept {s.measure_concept!r}: expected one of {', '.join(CONCEPTS)} "
-                             "(concepts of the toy world, for the toy model)")
-        if len(s.concepts) != 1:
-            raise UsageError("--measure_concept: needs exactly one concept to train")
-    if s.lr_scheduler not in ("constant", "cosine"):
-        raise UsageError(f"{setting_name(s, 'lr_scheduler')} {s.lr_scheduler!r}: expected constant or cosine")
-    if s.infer_prompt is not None:
-        try:
-            s.infer_prompt.format("")
-            usable = "{}" in s.infer_prompt
-        except (IndexError, KeyError, ValueError):
-            usable = False
-        if not usable:
-            raise UsageError(f"--infer_prompt {s.infer_prompt!r}: expected a prompt with {{}} for the word "
-                             "and no other braces")
-    if not s.concepts:
-        raise UsageError("--data_path: required (a folder of images), or use --demo True")
-    for c in s.concepts:
-        check_concept(c.placeholder_token, c.num_vectors, c.learnable_property, c.label)
-        if c.initializer_token is not None:
-            check_initializer(c.label("initializer_token"), c.initializer_token)
-        source = f" of {c.label('template_file')} {c.template_file}" if c.template_file else ""
-        templates = load_templates(c.learnable_property, c.template_file, c.label)
-        prompts = [(t, f"the template {t!r}{source}") for t in templates]
-        if s.infer_during_train:
-            prompt = s.infer_prompt or INFER_PROMPTS[c.learnable_property]
-            prompts.append((prompt, f"--infer_prompt {prompt!r}" if s.infer_prompt else
-                            f"the in-training sample prompt {prompt!r}"))
-        check_vectors(c.label("num_vectors"), c.num_vectors, prompts)  # captions: checked as they are read
-    owner = {}
-    for c in s.concepts:
-        for token in placeholder_tokens(c.placeholder_token, c.num_vectors):
-            if token in owner:
-                other = owner[token]
-                raise UsageError(f"{c.label('placeholder_token')} {c.placeholder_token!r}: its token {token!r} is "
-                                 f"also a token of {other.placeholder_token!r} (with {other.num_vectors} vectors: "
-                                 f"{' '.join(placeholder_tokens(other.placeholder_token, other.num_vectors))}); "
-                                 "each concept needs its own word")
-            owner[token] = c
-
 
 def diverged(step, what):
     """The error that stops a run whose numbers are no longer finite."""
@@ -227,7 +54,11 @@ class Trainer:
         multi = len(s.concepts) > 1
         self.outputs = [RunOutputs(s.save_path, version, c.name if multi else None) for c in s.concepts]
         self.out = self.outputs[0]
-        state = self._read_state() if s.resume else {"step": 0}
+        state = read_state(self.out.state_path, s.concepts) if s.resume else {"step": 0}
+        if state["step"] >= s.total_step:
+            raise UsageError(f"--resume: the run in {s.save_path} is already at step {state['step']} "
+                             f"({setting_name(s, 'total_step')} {s.total_step}); nothing to train (give a "
+                             "higher --total_step to continue it)")
         self.start_step = state["step"]
         if not os.path.isfile(s.weight):
             raise UsageError(f"--weight {s.weight}: no such file (convert the official weights with "
@@ -245,14 +76,7 @@ class Trainer:
         self.optimizer = ClippedAdamW(self.params, s.betas, s.eps, s.weight_decay,
                                       s.max_grad_norm if s.clip_grad else None)
         if s.resume:
-            shapes = [tuple(p.shape) for p in self.params]
-            expected = {f"rows_{i}": shape for i, shape in enumerate(shapes)}
-            expected.update({f"moment_{i}": shapes[i % len(shapes)] for i in range(2 * len(shapes))})
-            for key, shape in expected.items():
-                if key not in state or state[key].shape != shape:
-                    found = f"shape {list(state[key].shape)}" if key in state else "missing"
-                    raise UsageError(f"--resume: {self.out.state_path} is not the state of this run ({key}: {found}, "
-                                     f"expected {list(shape)}); start a new run with --overwrite True")
+            check_shapes(state, [tuple(p.shape) for p in self.params], self.out.state_path)
             for i, param in enumerate(self.params):
                 param.set_data(Tensor(state[f"rows_{i}"]))
             self.optimizer.load_state([state[f"moment_{i}"] for i in range(2 * len(self.params))])
@@ -290,45 +114,12 @@ class Trainer:
         for concept, out in zip(self.s.concepts, self.outputs):
             save_ti(out.ti_path(step), concept.placeholder_token, self.rows(concept))
             out.prune(self.s.max_num_ckpt)
-        items = [(f"rows_{i}", r) for i, r in enumerate(rows)]
-        items += [(f"moment_{i}", m) for i, m in enumerate(self.optimizer.state())]
-        items += [("step", np.asarray(step, np.int64)), ("seed", np.asarray(self.s.seed, np.int64)),
-                  ("placeholder_token", self._identity())]
-        write_ckpt(self.out.state_path, items)
-
-    def _identity(self):
-        return "\n".join(f"{c.placeholder_token} {c.num_vectors}" for c in self.s.concepts)
-
-    def _read_state(self):
-        """``train_state.ckpt`` for --resume as {"step", "rows_i", "moment_i"}, checked against this run."""
-        path = self.out.state_path
-        if not os.path.isfile(path):
-            raise UsageError(f"--resume: no saved state at {path} (nothing to resume in --save_path)")
-        with open_weights(path) as reader:
-            saved = reader.get("placeholder_token") if "placeholder_token" in reader.keys() else None
-            if not isinstance(saved, str):
-                raise UsageError(f"--resume: {path} names no concepts; it is not a training state of this toolkit "
-                                 "(start a new run with --overwrite True)")
-            if saved != self._identity():
-                raise UsageError(f"--resume: {path} was saved for other concepts ({saved!r}, not "
-                                 f"{self._identity()!r})")
-            state = {k: np.array(reader.get(k), np.float32) for k in reader.keys()
-                     if k.startswith(("rows_", "moment_")) and not isinstance(reader.get(k), str)}
-            step = np.asarray(reader.get("step")) if "step" in reader.keys() else np.zeros(0)
-            if step.size != 1 or not np.issubdtype(step.dtype, np.integer) or int(step.reshape(())) < 0:
-                raise UsageError(f"--resume: {path} holds no valid step; it is not a training state of this "
-                                 "toolkit (start a new run with --overwrite True)")
-            state["step"] = int(step.reshape(()))
-        if state["step"] >= self.s.total_step:
-            raise UsageError(f"--resume: the run in {self.s.save_path} is already at step {state['step']} "
-                             f"({setting_name(self.s, 'total_step')} {self.s.total_step}); nothing to train (give a "
-                             "higher --total_step to continue it)")
-        return state
+        write_state(self.out.state_path, rows, self.optimizer.state(), step, self.s.seed, self.s.concepts)
 
     # -- data ------------------------------------------------------------------------------------
     def cache_latents(self, chunk=4):
         """Posterior moments of every training view of every concept, through the VAE once."""
-        encode = VAEEncode(self.model.first_stage_model)
+        encode = PosteriorMoments(self.model.first_stage_model)
         for dataset in self.datasets:
             means, logvars = [], []
             views = dataset.views

@@ -46,17 +46,6 @@ class VAELoss(nn.Cell):
         return ops.abs(reconstruction - pixels).mean() + KL_WEIGHT * kl.mean()
 
 
-class PosteriorMoments(nn.Cell):
-    """Images -> (mean, logvar) of the VAE's latent Gaussian, compiled once."""
-
-    def __init__(self, vae):
-        super().__init__(auto_prefix=False)
-        self.vae = vae
-
-    def construct(self, x):
-        return self.vae.encode(x)
-
-
 class UNetLoss(nn.Cell):
     """SDXL's diffusion loss on cached VAE moments; ``keep`` [B] is 0 where the caption is dropped."""
 
