@@ -101,6 +101,16 @@ class _MappedFile:
         self.size = size
         self.buf = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
 
+    # ``index``: {key: (dtype, shape, ...)}, filled by the subclass from the file's header.
+    def keys(self):
+        return list(self.index)
+
+    def shape(self, key):
+        return self.index[key][1]
+
+    def dtype(self, key):
+        return self.index[key][0]
+
     def close(self):
         """Close the file; the mapping stays alive while arrays returned by ``get`` still use it."""
         if isinstance(self.buf, mmap.mmap):
@@ -137,15 +147,6 @@ class SafetensorsReader(_MappedFile):
         except WeightFileError as e:
             self.close()
             raise WeightFileError(f"{path}: {e}") from None
-
-    def keys(self):
-        return list(self.index)
-
-    def shape(self, key):
-        return self.index[key][1]
-
-    def dtype(self, key):
-        return self.index[key][0]
 
     def get(self, key):
         dtype, shape, offset, nbytes = self.index[key]
@@ -232,15 +233,6 @@ class CkptReader(_MappedFile):
             self.index[tag][2].extend(pieces)
         else:
             self.index[tag] = (dtype, tuple(dims), pieces)
-
-    def keys(self):
-        return list(self.index)
-
-    def shape(self, key):
-        return self.index[key][1]
-
-    def dtype(self, key):
-        return self.index[key][0]
 
     def get(self, key):
         """The tensor (a str for MindSpore's string entries, e.g. ``append_dict`` values)."""
