@@ -198,7 +198,8 @@ def main(argv=None):
         first, last = min(trainer.scores), max(trainer.scores)
         for name, before in trainer.scores[first].items():
             after = trainer.scores[last][name]
-            shares = ", ".join(f"{key} {100 * before[key]:.0f} -> {100 * after[key]:.0f} %" for key in before)
+            shares = ", ".join(f"{key} {100 * before[key]:.0f} -> {100 * after[key]:.0f} %" for key in before
+                               if "+" not in key)
             print(f"{args.measure_concept} {name} (share of samples, step {first} -> {last}): {shares}")
     if args.demo:
         print(f"Samples per inference step: {args.save_path}/samples/progression.png. With the real SDXL weights: convert "

@@ -8,6 +8,7 @@ back was learned from the user's pictures. Measured as in the textual-inversion 
 - prompt: share that also show what the rest of the prompt asks (another background for an object,
   another shape and colour for a style): does the word compose with the rest of the prompt.
 """
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,13 +75,16 @@ def training_set(concept, count=5, size=64, seed=0):
 
 def score(concept, wanted, pictures):
     """{"concept": share of pictures showing every attribute of the concept, "prompt": share also showing
-    ``wanted`` (what the prompt asks), and per attribute of the concept (e.g. "colour") the share showing
-    that attribute alone}."""
+    ``wanted`` (what the prompt asks), and for each smaller set of the concept's attributes (``"colour"``,
+    ``"colour+pattern"``, ...) the share showing those}."""
     readings = [meter.read(p) for p in pictures]
     shares = {"concept": float(np.mean([r.shows(**concept.attributes) for r in readings])),
               "prompt": float(np.mean([r.shows(**wanted) for r in readings]))}
-    for name, value in concept.attributes.items():
-        shares[name] = float(np.mean([r.shows(**{name: value}) for r in readings]))
+    names = sorted(concept.attributes)
+    for size in range(1, len(names)):
+        for subset in itertools.combinations(names, size):
+            wanted_part = {n: concept.attributes[n] for n in subset}
+            shares["+".join(subset)] = float(np.mean([r.shows(**wanted_part) for r in readings]))
     return shares
 
 
