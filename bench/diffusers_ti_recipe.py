@@ -51,10 +51,8 @@ import time
 import numpy as np
 from PIL import Image
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # tests/reference.py: the diffusers pipeline of our single file
 
 IMAGENET_TEMPLATES_SMALL = [  # l. 440-468
     "a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
@@ -163,7 +161,7 @@ def train_and_sample(config_path, weights, data_dir, placeholder, initializer_to
     from diffusers import DDPMScheduler, EulerDiscreteScheduler
     from diffusers.optimization import get_scheduler
 
-    from sampling import diffusers_pipeline
+    from reference import diffusers_pipeline
 
     torch.set_num_threads(threads)
     pipe = diffusers_pipeline(config_path, weights)

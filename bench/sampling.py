@@ -16,9 +16,11 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from side_by_side import peak_rss_gb, run_sides
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from reference import diffusers_pipeline  # noqa: E402  (tests/reference.py)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,69 +50,6 @@ def run_ours(args):
     method = make_sampler("euler", args.steps, 5.0, spacing="leading")
     return time_runs(lambda: sampler.sample([PROMPT] * args.batch, args.size, args.size, seed=0, sampler=method),
                      args.repeat)
-
-
-def diffusers_pipeline(config_path, weights):
-    """StableDiffusionXLPipeline on the single file, converted component by component (one copy in memory)."""
-    import numpy as np
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from diffusers.loaders import single_file_utils as sfu
-    from omegaconf import OmegaConf
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from conftest import diffusers_unet_config
-    from test_tokenizer import write_hf_vocab
-
-    from gm.checkpoints.weight_files import open_weights
-
-    config = OmegaConf.to_container(OmegaConf.load(config_path))
-    enc1, enc2 = (m["params"] for m in config["model"]["params"]["conditioner_config"]["params"]["emb_models"][:2])
-    with open_weights(weights) as reader:
-        def part(prefix):
-            return {k: torch.from_numpy(np.array(reader.get(k), np.float32)) for k in reader.keys()
-                    if k.startswith(prefix)}
-
-        def load(model, state):
-            model.load_state_dict(state, strict=True, assign=True)
-            return model.eval()
-
-        shapes = {k: torch.empty(reader.shape(k), device="meta") for k in reader.keys()}
-        unet_config = diffusers_unet_config(config, shapes)
-        vae_config = sfu.create_vae_diffusers_config_from_ldm(config, shapes)
-        clip_l = CLIPTextConfig(vocab_size=enc1["vocab_size"], hidden_size=enc1["hidden_size"],
-                                intermediate_size=enc1["intermediate_size"], num_hidden_layers=enc1["num_layers"],
-                                num_attention_heads=enc1["num_heads"], max_position_embeddings=enc1["max_length"],
-                                hidden_act=enc1["hidden_act"], bos_token_id=49406, eos_token_id=49407)
-        clip_g = CLIPTextConfig(vocab_size=enc2["vocab_size"], hidden_size=enc2["width"],
-                                intermediate_size=int(enc2["width"] * enc2["mlp_ratio"]),
-                                num_hidden_layers=enc2["layers"], num_attention_heads=enc2["heads"],
-                                max_position_embeddings=enc2["max_length"], hidden_act="gelu",
-                                projection_dim=enc2["embed_dim"], bos_token_id=49406, eos_token_id=49407)
-        with torch.device("meta"):
-            models = {"unet": UNet2DConditionModel(**unet_config), "vae": AutoencoderKL(**vae_config),
-                      "text_encoder": CLIPTextModel(clip_l), "text_encoder_2": CLIPTextModelWithProjection(clip_g)}
-        unet = load(models["unet"], sfu.convert_ldm_unet_checkpoint(part("model.diffusion_model."), unet_config))
-        vae = load(models["vae"], sfu.convert_ldm_vae_checkpoint(part("first_stage_model."), vae_config))
-        texts = [sfu.convert_ldm_clip_checkpoint(part("conditioner.embedders.0.")),
-                 sfu.convert_open_clip_checkpoint(models["text_encoder_2"], part("conditioner.embedders.1."),
-                                                  prefix="conditioner.embedders.1.model.")]
-    for name, state in zip(("text_encoder", "text_encoder_2"), texts):
-        state.pop("text_model.embeddings.position_ids", None)  # a buffer, not a weight, in transformers
-        model = load(models[name], state)
-        model.text_model.embeddings.position_ids = torch.arange(model.config.max_position_embeddings)[None]
-    vocab = tempfile.mkdtemp()
-    write_hf_vocab(Path(vocab))
-    files = dict(vocab_file=os.path.join(vocab, "vocab.json"), merges_file=os.path.join(vocab, "merges.txt"),
-                 model_max_length=enc1["max_length"])
-    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                       beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading",
-                                       prediction_type="epsilon")
-    return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=models["text_encoder"], text_encoder_2=models["text_encoder_2"],
-        tokenizer=CLIPTokenizer(**files), tokenizer_2=CLIPTokenizer(**files, pad_token="!"), unet=unet,
-        scheduler=scheduler, add_watermarker=False)
 
 
 def run_diffusers(args):

@@ -83,7 +83,7 @@ def make_spec(config_path, size, batch):
     from omegaconf import OmegaConf
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from conftest import diffusers_unet_config
+    from reference import diffusers_unet_config
     from gm.checkpoints.layout import official_layout
 
     cfg = OmegaConf.to_container(OmegaConf.load(config_path))

@@ -78,7 +78,7 @@ def run_diffusers(config, size, batch, repeat, mode):
     from omegaconf import OmegaConf
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from conftest import diffusers_unet_config
+    from reference import diffusers_unet_config
     from gm.checkpoints.layout import official_layout
 
     torch.set_num_threads(os.cpu_count())

@@ -1,13 +1,21 @@
-"""Shared test helpers: configs, tolerances and MindSpore mode switching."""
+"""Shared test helpers: configs, tolerances, MindSpore mode switching, the tiny checkpoint, script runners.
+
+The torch/transformers/diffusers reference models are in tests/reference.py.
+"""
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY_CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_tiny.yaml")
 BASE_CONFIG = os.path.join(ROOT, "configs", "inference", "sd_xl_base.yaml")
+TINY_SEED = 1  # the seed of the tiny_checkpoint fixture's random weights
 
 
 def rel_err(ours, ref):
@@ -28,14 +36,54 @@ def ms_mode(request):
     ms.set_context(mode=1)
 
 
-def diffusers_unet_config(config, state):
-    """diffusers' UNet config for one of our YAML configs (as a dict), via its single-file helper.
+@pytest.fixture
+def keep_mode():
+    """MindSpore's execution mode as it was before the test, restored after it (the test may change it)."""
+    import mindspore as ms
+    mode = ms.get_context("mode")
+    yield mode
+    ms.set_context(mode=mode)
 
-    diffusers only recognises SDXL's "text_time" added conditioning when context_dim is 2048 or
-    1280; the tiny config (96) has the same structure, so the choice is made explicit here.
-    """
-    from diffusers.loaders import single_file_utils as sfu
 
-    unet = sfu.create_unet_diffusers_config_from_ldm(config, state)
-    unet.update(addition_embed_type="text_time", addition_time_embed_dim=256, class_embed_type=None)
-    return unet
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Random weights (seed TINY_SEED) for configs/inference/sd_xl_tiny.yaml, the model of the tiny training
+    config too, in the official single-file layout: one .safetensors file in a folder of its own. Read only."""
+    from gm.checkpoints.random_weights import write_random_checkpoint
+
+    path = str(tmp_path_factory.mktemp("tiny_checkpoint") / "tiny.safetensors")
+    write_random_checkpoint(TINY_CONFIG, path, seed=TINY_SEED)
+    return path
+
+
+def run_script(path, *args, cwd=ROOT, timeout=600, env=None):
+    """Run the repository's script ``path`` (relative to the repository, or absolute) with this Python, as a
+    user does: a separate process, output captured as text. ``env``: variables added to this environment."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, path), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=None if env is None else {**os.environ, **env})
+
+
+def run_main(capsys, main, *args):
+    """A command line's ``main(argv)`` run in this process as ``gm.cli.run`` runs it (fast, no new process):
+    (exit code, stdout, stderr)."""
+    from gm.cli import run
+
+    try:
+        run(lambda: main(list(args)))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def damaged(src, dst, edit):
+    """Copy the safetensors file ``src`` to ``dst`` with its JSON header changed by ``edit(header)``."""
+    data = open(src, "rb").read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    header = edit(header) or header
+    blob = json.dumps(header).encode()
+    with open(dst, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little") + blob + data[8 + n:])
+    return dst

@@ -2,12 +2,10 @@
 bad input (gm.cli.ArgumentParser); device and mode flags are checked the same way everywhere."""
 import argparse
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, TINY_CONFIG as TINY
+from conftest import ROOT, TINY_CONFIG as TINY, run_script
 
 from gm.cli import ArgumentParser, device_name, ms_mode
 from gm.errors import UsageError
@@ -30,8 +28,7 @@ from gm.errors import UsageError
     ("tools/check_mindone_interop.py", ["--work"], "argument --work: expected one argument"),
 ])
 def test_every_cli_reports_a_bad_flag_in_one_line(script, args, expected, tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = run_script(script, *args, cwd=tmp_path, timeout=300)
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
@@ -40,8 +37,7 @@ def test_every_cli_reports_a_bad_flag_in_one_line(script, args, expected, tmp_pa
 
 
 def test_help_still_works(tmp_path):
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "export_embedding.py"), "--help"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_script("tools/export_embedding.py", "--help", cwd=tmp_path, timeout=300)
     assert result.returncode == 0 and "usage:" in result.stdout and result.stderr == ""
 
 
@@ -66,9 +62,9 @@ def test_device_and_mode_values():
 
 def test_unusable_device_in_training_is_one_line(tmp_path):
     """A device this MindSpore has no backend for: one error line, without MindSpore's own probe log."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "train_textual_inversion.py"), "--device_target",
-                             "gpu", "--data_path", os.path.join(ROOT, "datasets", "demo_toy"), "--save_path",
-                             str(tmp_path / "run")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_script("train_textual_inversion.py", "--device_target", "gpu", "--data_path",
+                        os.path.join(ROOT, "datasets", "demo_toy"), "--save_path", str(tmp_path / "run"),
+                        cwd=tmp_path, timeout=300)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: --device_target GPU: not usable with this MindSpore"), result.stderr
@@ -87,7 +83,8 @@ def test_unusable_device_in_training_is_one_line(tmp_path):
     ("tools/make_demo_dataset.py", ["--out", "blocker"], "--out blocker: is a file (expected a folder)"),
     ("tools/make_demo_dataset.py", ["--out", ""], "--out '': expected a folder"),
 ])
-def test_outputs_that_cannot_be_written_are_one_line(script, args, expected, tmp_path, tmp_path_factory):
+def test_outputs_that_cannot_be_written_are_one_line(script, args, expected, tmp_path, tmp_path_factory,
+                                                     tiny_checkpoint):
     """An output under a file, in a folder that cannot be written, or empty: refused before any work, with
     one line naming the flag (gm.checks.check_outputs); a bad seed likewise."""
     import numpy as np
@@ -95,16 +92,11 @@ def test_outputs_that_cannot_be_written_are_one_line(script, args, expected, tmp
     from gm.textual_inversion import formats
 
     inputs = tmp_path_factory.mktemp("inputs")
-    weights = str(inputs / "tiny.safetensors")
-    if not os.path.exists(weights) and "{weights}" in args:
-        from gm.checkpoints.random_weights import write_random_checkpoint
-        write_random_checkpoint(TINY, weights)
     ti = str(inputs / "w_ti.ckpt")
     formats.write(ti, "<w>", [np.ones((1, 32), np.float32), np.ones((1, 64), np.float32)], "ours")
     (tmp_path / "blocker").write_text("a file")
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script),
-                             *[a.format(tiny=TINY, weights=weights, ti=ti) for a in args]],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_script(script, *[a.format(tiny=TINY, weights=tiny_checkpoint, ti=ti) for a in args],
+                        cwd=tmp_path, timeout=300)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("error: ") and expected in line, result.stderr

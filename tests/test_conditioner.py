@@ -8,7 +8,7 @@ from diffusers.models.embeddings import Timesteps
 from conftest import TINY_CONFIG, rel_err
 from gm.checkpoints.random_weights import randomize_cell
 from gm.modules.encoders.modules import ConcatTimestepEmbedderND, GeneralConditioner, TextEmbedder
-from test_text_encoders import EOS, TOL, add_hf_rows, hf_clip_g, hf_clip_l, tiny_params
+from reference import EOS, TOL, add_hf_rows, hf_clip_g, hf_clip_l, tiny_params
 
 PROMPTS = ["a photo of an astronaut riding a horse on the moon",
            "A <cat-toy> sitting on a beach, oil painting, 4k"]

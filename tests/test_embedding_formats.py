@@ -459,6 +459,7 @@ def test_export_tool_converts_into_ours(work, tmp_path, capsys):
     assert code == 1 and "looks like an SD 1.x embedding" in err
 
 
+@pytest.mark.slow
 def test_sampling_cli_takes_a1111_file(work):
     """demo/sampling_without_streamlit.py with an A1111 file (its word is the file name), and a file whose
     name is an ordinary word: a one-line error."""

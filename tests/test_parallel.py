@@ -18,9 +18,8 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_script
 
-from gm.checkpoints.random_weights import write_random_checkpoint
 from gm.checkpoints.weight_files import open_weights
 
 SCRIPT = os.path.join(ROOT, "train_textual_inversion.py")
@@ -31,45 +30,11 @@ TI_FILE = f"SD-XL-tiny_{STEPS}_ti.ckpt"
 
 # The real command line, plus: each rank writes its pid to $PID_DIR (failure tests) and prints a
 # digest of its learned rows at the end (every rank must end with the same vectors).
-DRIVER = f"""
-import hashlib, os, runpy, sys
-from gm.textual_inversion import trainer
+DRIVER = os.path.join(ROOT, "tests", "programs", "ti_driver.py")
+# gm.parallel's mean and any, reported by every rank in both modes
+COLLECTIVES = os.path.join(ROOT, "tests", "programs", "collectives.py")
 
-rank = os.environ.get("OMPI_COMM_WORLD_RANK") or os.environ.get("MS_NODE_ID")
-if os.environ.get("PID_DIR") and os.environ.get("MS_ROLE") != "MS_SCHED":
-    with open(os.path.join(os.environ["PID_DIR"], f"rank{{rank}}.pid"), "w") as f:
-        f.write(str(os.getpid()))
-run = trainer.Trainer.run
-
-
-def run_and_report(self):
-    step = run(self)
-    rows = b"".join(p.asnumpy().tobytes() for p in self.params)
-    print(f"final rows of rank {{self.parallel.rank}}: {{hashlib.sha256(rows).hexdigest()}}", flush=True)
-    return step
-
-
-trainer.Trainer.run = run_and_report
-sys.argv = [{SCRIPT!r}, *sys.argv[1:]]
-runpy.run_path({SCRIPT!r}, run_name="__main__")
-"""
-
-COLLECTIVES = """
-import json, sys
-import numpy as np
-import mindspore as ms
-from mindspore import Tensor
-from gm.parallel import init_parallel
-
-ms.set_device("CPU")
-p = init_parallel(True)
-for mode in (1, 0):
-    ms.set_context(mode=mode)
-    a, b = p.mean((Tensor(np.full((2, 3), p.rank + 1, np.float32)), Tensor(np.float32(10 * p.rank))))
-    print(json.dumps({{"mode": mode, "rank": p.rank, "world": p.world_size, "main": p.is_main,
-                      "a": a.asnumpy().tolist(), "b": float(b.asnumpy()), "dtype": str(a.dtype),
-                      "any_rank1": p.any(p.rank == 1), "any_none": p.any(False)}}), flush=True)
-"""
+pytestmark = pytest.mark.mpi
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +46,9 @@ def mpirun():
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("weights") / "tiny.safetensors")
-    write_random_checkpoint(TINY_TRAIN, path, seed=1)
-    return path
-
-
-@pytest.fixture(scope="module")
-def driver(tmp_path_factory):
-    path = tmp_path_factory.mktemp("driver") / "driver.py"
-    path.write_text(DRIVER)
-    return str(path)
+def weights(tiny_checkpoint):
+    """The shared tiny checkpoint (conftest.py)."""
+    return tiny_checkpoint
 
 
 def env(**extra):
@@ -144,12 +101,12 @@ def cwd_for(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def single(weights, driver, tmp_path_factory):
+def single(weights, tmp_path_factory):
     """One process, batch 2: the reference."""
     base = tmp_path_factory.mktemp("single")
     save = str(base / "run")
-    result = run([sys.executable, driver, *tiny(weights, save, "--train_batch_size", "2", "--total_step",
-                                                str(STEPS))], cwd=str(base))
+    result = run_script(DRIVER, *tiny(weights, save, "--train_batch_size", "2", "--total_step", str(STEPS)),
+                        cwd=str(base), timeout=900, env=env())
     assert result.returncode == 0, result.stderr[-3000:]
     return save
 
@@ -168,10 +125,9 @@ def assert_same_training(save, single):
     assert len(losses(save)) == STEPS
 
 
+@pytest.mark.slow
 def test_mean_and_any_across_two_processes(mpirun, tmp_path):
-    script = tmp_path / "collectives.py"  # a file: graph mode reads the source of the main script
-    script.write_text(COLLECTIVES)
-    result = run([mpirun, "-n", "2", sys.executable, str(script)], cwd=cwd_for(tmp_path), timeout=300)
+    result = run([mpirun, "-n", "2", sys.executable, COLLECTIVES], cwd=cwd_for(tmp_path), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert sorted((r["mode"], r["rank"]) for r in reports) == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -181,10 +137,11 @@ def test_mean_and_any_across_two_processes(mpirun, tmp_path):
         assert r["any_rank1"] is True and r["any_none"] is False
 
 
-def test_mpirun_two_processes_of_batch_1_equal_one_process_of_batch_2(mpirun, weights, driver, single, tmp_path):
+@pytest.mark.slow
+def test_mpirun_two_processes_of_batch_1_equal_one_process_of_batch_2(mpirun, weights, single, tmp_path):
     save, cwd = str(tmp_path / "run"), cwd_for(tmp_path)
     start = time.time()
-    result = run([mpirun, "-n", "2", sys.executable, driver,
+    result = run([mpirun, "-n", "2", sys.executable, DRIVER,
                   *tiny(weights, save, "--train_batch_size", "1", "--total_step", str(STEPS), "--is_parallel", "True")],
                  cwd=cwd)
     print(f"mpirun -n 2: {time.time() - start:.0f} s")
@@ -196,12 +153,13 @@ def test_mpirun_two_processes_of_batch_1_equal_one_process_of_batch_2(mpirun, we
     assert os.listdir(cwd) == []
 
 
-def test_msrun_two_workers_equal_one_process_of_batch_2(weights, driver, single, tmp_path):
+@pytest.mark.slow
+def test_msrun_two_workers_equal_one_process_of_batch_2(weights, single, tmp_path):
     save, cwd, logs = str(tmp_path / "run"), cwd_for(tmp_path), str(tmp_path / "logs")
     start = time.time()
     result = run([sys.executable, "-m", "mindspore.parallel.cluster.run", "--worker_num", "2",
                   "--local_worker_num", "2", "--master_port", str(free_port()), "--join", "True",
-                  "--log_dir", logs, driver,
+                  "--log_dir", logs, DRIVER,
                   *tiny(weights, save, "--train_batch_size", "1", "--total_step", str(STEPS), "--is_parallel", "True")],
                  cwd=cwd)
     print(f"msrun 2 workers: {time.time() - start:.0f} s")
@@ -260,12 +218,13 @@ def stop(procs):
             p.wait()
 
 
-def test_mpirun_a_killed_rank_stops_the_job_and_keeps_the_checkpoints(mpirun, weights, driver, tmp_path):
+@pytest.mark.slow
+def test_mpirun_a_killed_rank_stops_the_job_and_keeps_the_checkpoints(mpirun, weights, tmp_path):
     save, pids = str(tmp_path / "run"), str(tmp_path / "pids")
     os.mkdir(pids)
     log = tmp_path / "mpirun.log"
     with open(log, "w") as out:
-        job = subprocess.Popen([mpirun, "-n", "2", sys.executable, driver, *long_run(weights, save)],
+        job = subprocess.Popen([mpirun, "-n", "2", sys.executable, DRIVER, *long_run(weights, save)],
                                cwd=cwd_for(tmp_path), env=env(PID_DIR=pids), stdout=out, stderr=subprocess.STDOUT)
     try:
         first, content = snapshot_after_first_save(save, [job])
@@ -287,6 +246,7 @@ def test_mpirun_a_killed_rank_stops_the_job_and_keeps_the_checkpoints(mpirun, we
     assert_checkpoints_intact(save, first, content)
 
 
+@pytest.mark.slow
 def test_without_a_supervising_launcher_a_killed_rank_0_stops_rank_1_with_an_error(weights, tmp_path):
     """Processes started by hand, as msrun without --join or on several nodes do: the survivor
     notices by itself, within MS_NODE_TIMEOUT."""
@@ -321,6 +281,7 @@ def test_without_a_supervising_launcher_a_killed_rank_0_stops_rank_1_with_an_err
     assert_checkpoints_intact(save, first, content)
 
 
+@pytest.mark.slow
 def test_a_rank_that_cannot_connect_ends_the_job_with_an_error(mpirun, weights, tmp_path):
     """mpirun with rank 1 looking for the scheduler on another port: both give up after MS_TOPO_TIMEOUT."""
     args = [SCRIPT, *tiny(weights, str(tmp_path / "run"), "--total_step", "2", "--is_parallel", "True")]

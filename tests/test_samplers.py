@@ -83,7 +83,7 @@ def interpolating_denoise(net):
 
 
 @pytest.fixture(autouse=True)
-def graph_mode():
+def graph_mode(keep_mode):
     """Graph mode, as samplers run a compiled denoiser (PyNative is covered by the ms_mode test)."""
     ms.set_context(mode=0)
     ms.set_device("CPU")

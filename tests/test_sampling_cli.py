@@ -1,19 +1,16 @@
 """demo/sampling_without_streamlit.py as a user runs it: the seed's commands, several learned words,
 prompt files and warnings, image-to-image, and one-line errors for bad input."""
 import os
-import subprocess
-import sys
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, damaged, run_script
 
-from gm.checkpoints.random_weights import write_random_checkpoint
 from gm.checkpoints.weight_files import write_ckpt, write_safetensors
 from gm.textual_inversion.embeddings import save_ti
-from test_weights import damaged
 
 SCRIPT = os.path.join(ROOT, "demo", "sampling_without_streamlit.py")
 TRAIN_CONFIG = "configs/training/sd_xl_tiny_finetune_textual_inversion.yaml"  # train.resolution 64
@@ -25,12 +22,12 @@ def ti_rows(seed, n, widths=(32, 64)):
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(tiny_checkpoint, tmp_path_factory):
     """A working folder laid out like the seed's: configs/, checkpoints/, runs/<concept>/..._ti.ckpt."""
     root = tmp_path_factory.mktemp("cli")
     os.symlink(os.path.join(ROOT, "configs"), root / "configs")
     (root / "checkpoints").mkdir()
-    write_random_checkpoint(os.path.join(ROOT, TRAIN_CONFIG), str(root / "checkpoints" / "tiny.safetensors"), seed=2)
+    shutil.copy(tiny_checkpoint, root / "checkpoints" / "tiny.safetensors")
     for folder, token, seed, n in (("cat_toy", "<cat-toy>", 1, 2), ("chinese_art", "<chinese-art>", 2, 1)):
         (root / "runs" / folder).mkdir(parents=True)
         save_ti(str(root / "runs" / folder / "SD-XL-tiny_3000_ti.ckpt"), token, ti_rows(seed, n))
@@ -38,14 +35,14 @@ def work(tmp_path_factory):
 
 
 def cli(work, *args, env=None):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=work,
-                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    return run_script(SCRIPT, *args, cwd=work, env=env)
 
 
 def pngs(folder):
     return sorted(f for f in os.listdir(folder) if f.endswith(".png"))
 
 
+@pytest.mark.slow
 def test_seed_command_as_written(work):
     """The seed's first command with the tiny config, a random checkpoint and CPU (graph mode, 40 steps)."""
     result = cli(work, "--task", "txt2img", "--config", TRAIN_CONFIG, "--weight", "checkpoints/tiny.safetensors",
@@ -64,6 +61,7 @@ def test_seed_command_as_written(work):
     np.testing.assert_array_equal(grid, np.concatenate(images, axis=1))
 
 
+@pytest.mark.slow
 def test_two_words_prompt_file_flags_and_warnings(work, tmp_path):
     prompts = tmp_path / "prompts.txt"
     long_prompt = " ".join(["photo"] * 74) + " of a red cat"
@@ -86,6 +84,7 @@ def test_two_words_prompt_file_flags_and_warnings(work, tmp_path):
     assert np.asarray(Image.open(out / "grid_00002.png")).shape == (32, 128, 3)
 
 
+@pytest.mark.slow
 def test_img2img(work, tmp_path):
     source = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 70, 3), dtype=np.uint8)).save(source)
@@ -160,14 +159,6 @@ ERRORS = {
     "damaged_weight": (["--weight", "{damaged_weight}"], f"w.safetensors: tensor {UNET_KEY}: shape [2, 4] of F32 "
                                                          "needs 32 bytes but its data_offsets"),
 }
-
-
-@pytest.fixture
-def keep_mode():
-    import mindspore as ms
-    mode = ms.get_context("mode")
-    yield
-    ms.set_context(mode=mode)
 
 
 @pytest.mark.parametrize("case", sorted(ERRORS))

@@ -8,7 +8,6 @@ from mindspore import Tensor
 from conftest import TINY_CONFIG
 
 from gm.build import build_model
-from gm.checkpoints.random_weights import write_random_checkpoint
 from gm.errors import UsageError, WeightFileError
 from gm.inference import SamplingPipeline, condition_batch, strength_sigmas, to_uint8
 from gm.modules.diffusionmodules.sampling import EulerEDMSampler, make_sampler
@@ -23,11 +22,9 @@ def rows(seed, n):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tiny_checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("sampling")
-    weights = str(folder / "tiny.safetensors")
-    write_random_checkpoint(TINY_CONFIG, weights, seed=5)
-    out = {"weights": weights}
+    out = {"weights": tiny_checkpoint}
     for name, token, seed, n in (("cat", "<cat-toy>", 1, 2), ("cat_v2", "<cat-toy>", 2, 2),
                                  ("cat_3", "<cat-toy>", 3, 3), ("art", "<chinese-art>", 4, 1), ("word", "cat", 5, 1)):
         out[name] = str(folder / f"{name}_ti.ckpt")
@@ -41,7 +38,7 @@ def engine(files):
 
 
 @pytest.fixture
-def pynative():
+def pynative(keep_mode):
     ms.set_context(mode=1)
     ms.set_device("CPU")
 

@@ -14,8 +14,9 @@ import pytest
 
 from conftest import ROOT
 
-from gm.checkpoints.random_weights import write_random_checkpoint
 from gm.textual_inversion.embeddings import save_ti
+
+pytestmark = pytest.mark.streamlit
 
 APP = os.path.join(ROOT, "demo", "sampling.py")
 TRAIN_CONFIG = os.path.join(ROOT, "configs", "training", "sd_xl_tiny_finetune_textual_inversion.yaml")
@@ -27,11 +28,10 @@ def ti_rows(seed, n):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tiny_checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("app")
-    out = {"weights": str(folder / "tiny.safetensors"), "cat": str(folder / "cat_ti.ckpt"),
+    out = {"weights": tiny_checkpoint, "cat": str(folder / "cat_ti.ckpt"),
            "art": str(folder / "SD-XL-tiny_2000_ti.ckpt"), "sd1": str(folder / "old.ckpt")}
-    write_random_checkpoint(TRAIN_CONFIG, out["weights"], seed=4)
     save_ti(out["cat"], "<cat-toy>", ti_rows(1, 2))
     save_ti(out["art"], "<chinese-art>", ti_rows(2, 1))
     from gm.checkpoints.weight_files import write_ckpt
@@ -40,16 +40,13 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture
-def app_env(files, monkeypatch):
+def app_env(files, monkeypatch, keep_mode):
     """The sidebar's defaults from the environment, as a user points the app at other weights."""
     monkeypatch.setenv("SDXL_CONFIG", TRAIN_CONFIG)
     monkeypatch.setenv("SDXL_WEIGHT", files["weights"])
     monkeypatch.setenv("SDXL_TI_WEIGHTS", files["cat"])
     monkeypatch.setenv("SDXL_MS_MODE", "1")
     monkeypatch.setenv("SDXL_DEVICE", "CPU")
-    yield
-    import mindspore as ms
-    ms.set_context(mode=1)
 
 
 def test_app_generates_images(app_env, files):
@@ -139,6 +136,7 @@ def script_run(ws, message, forward_type):
             return elements
 
 
+@pytest.mark.slow
 def test_headless_server_serves_the_app(files, tmp_path):
     """``streamlit run demo/sampling.py --server.headless true``: the page, the health check, and a script run.
 

@@ -4,59 +4,11 @@ import pytest
 import torch
 import mindspore as ms
 from mindspore import Tensor
-from omegaconf import OmegaConf
-from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from conftest import TINY_CONFIG, rel_err
+from conftest import rel_err
 from gm.checkpoints.random_weights import randomize_cell
 from gm.modules.encoders.modules import FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder2
-
-BOS, EOS = 49406, 49407
-PREFIXES = ("conditioner.embedders.0.", "conditioner.embedders.1.")
-TOL = 1e-4
-
-
-def tiny_params(index):
-    """Constructor params of embedder ``index`` in the tiny config."""
-    emb_models = OmegaConf.load(TINY_CONFIG).model.params.conditioner_config.params.emb_models
-    return dict(OmegaConf.to_container(emb_models[index].params))
-
-
-def hf_clip_l(params, state_dict):
-    """transformers CLIPTextModel of encoder 1's sizes, strictly loaded from the official-layout dict."""
-    config = CLIPTextConfig(vocab_size=params["vocab_size"], hidden_size=params["hidden_size"],
-                            intermediate_size=params["intermediate_size"],
-                            num_hidden_layers=params["num_layers"], num_attention_heads=params["num_heads"],
-                            max_position_embeddings=params["max_length"], hidden_act="quick_gelu",
-                            layer_norm_eps=1e-5, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=EOS)
-    model = CLIPTextModel(config).eval()
-    sd = {k: torch.from_numpy(v) for k, v in state_dict.items()}
-    model.load_state_dict(convert_ldm_clip_checkpoint(sd), strict=True)
-    return model
-
-
-def hf_clip_g(params, state_dict):
-    """transformers CLIPTextModelWithProjection of encoder 2's sizes, strictly loaded."""
-    width = params["width"]
-    config = CLIPTextConfig(vocab_size=params["vocab_size"], hidden_size=width,
-                            intermediate_size=int(width * params["mlp_ratio"]),
-                            num_hidden_layers=params["layers"], num_attention_heads=params["heads"],
-                            max_position_embeddings=params["max_length"], hidden_act="gelu",
-                            projection_dim=params["embed_dim"], layer_norm_eps=1e-5,
-                            bos_token_id=BOS, eos_token_id=EOS, pad_token_id=0)
-    model = CLIPTextModelWithProjection(config).eval()
-    sd = {k: torch.from_numpy(v) for k, v in state_dict.items()}
-    model.load_state_dict(convert_open_clip_checkpoint(model, sd, prefix=PREFIXES[1] + "model."), strict=True)
-    return model
-
-
-def add_hf_rows(model, rows):
-    """Append ``rows`` to a transformers model's token embedding."""
-    base = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(base + rows.shape[0], mean_resizing=False)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[base:] = torch.from_numpy(rows)
+from reference import BOS, EOS, PREFIXES, TOL, add_hf_rows, hf_clip_g, hf_clip_l, tiny_params
 
 
 def token_batch(pad, extra_ids=(), seed=0):

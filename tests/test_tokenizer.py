@@ -1,13 +1,11 @@
 """CLIPTokenizer against transformers.CLIPTokenizer built from the same shipped vocabulary file."""
-import gzip
 import json
-import random
-import time
 
 import numpy as np
 import pytest
 
-from gm.modules.encoders.tokenizer import VOCAB_PATH, CLIPTokenizer
+from gm.modules.encoders.tokenizer import CLIPTokenizer
+from reference import write_hf_vocab
 
 PROMPTS = [
     "a photo of an astronaut riding a horse on mars",
@@ -43,19 +41,6 @@ ADDED_PROMPTS = [
     "&amp; <cat-toy> &amp; <b>",
     "a <cat-toy> on a table, " * 20,
 ]
-
-
-def write_hf_vocab(directory):
-    """vocab.json / merges.txt for transformers.CLIPTokenizer from the shipped merges file."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-    with gzip.open(VOCAB_PATH, "rt", encoding="utf-8") as f:
-        merges = f.read().split("\n")[1:49152 - 256 - 2 + 1]
-    chars = list(bytes_to_unicode().values())
-    vocab = chars + [c + "</w>" for c in chars] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return vocab
 
 
 @pytest.fixture(scope="module")
@@ -184,20 +169,9 @@ def test_overflow(hf):
     assert short("one two three four five six seven eight").shape == (1, 8)
 
 
-def test_speed():
-    tok = CLIPTokenizer()
-    words = ("a photo of an astronaut riding horse on mars highly detailed oil painting majestic lion in "
-             "the style of van gogh cyberpunk city at night neon lights 4k trending on artstation").split()
-    rng = random.Random(0)
-    prompts = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 60))) for _ in range(1000)]
-    tok(prompts)
-    start = time.perf_counter()
-    tok(prompts)
-    assert time.perf_counter() - start < 1.0
-
-
 def test_save_hf_writes_the_files_transformers_reads(tmp_path):
-    """BPEVocab.save_hf (used by tools/check_mindone_interop.py) equals the independent reference above."""
+    """BPEVocab.save_hf (used by tools/check_mindone_interop.py) equals the independent reference,
+    tests/reference.py's write_hf_vocab."""
     from gm.modules.encoders.tokenizer import load_vocab
     ref, ours = tmp_path / "ref", tmp_path / "ours"
     ref.mkdir()

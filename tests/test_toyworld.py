@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from conftest import run_script
+
 from gm.modules.encoders.tokenizer import CLIPTokenizer
 from gm.toyworld import meter
 from gm.toyworld.world import (BACKGROUNDS, COLOURS, HELD_OUT, PATTERNS, PREFIXES, SHAPES, SIZE_WORDS,
@@ -80,24 +82,18 @@ def test_meter_refuses_a_picture_that_is_not_square_rgb():
 
 
 def measure_concept(*args):
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.run([sys.executable, os.path.join(root, "tools", "measure_concept.py"), *args], cwd=root,
-                          capture_output=True, text=True, timeout=120)
+    return run_script("tools/measure_concept.py", *args, timeout=120)
 
 
 def test_measure_concept_reads_the_shipped_concept_pictures():
-    result = measure_concept("datasets/toy_star", "--shape", "star", "--colour", "orange", "--pattern", "striped")
+    result = measure_concept("datasets/demo_toy", "--shape", "star", "--colour", "orange", "--pattern", "striped")
     assert result.returncode == 0, result.stderr
     assert "concept score (shape star, colour orange, pattern striped): 100 % of 5 pictures" in result.stdout
     result = measure_concept("datasets/toy_dotted", "--pattern", "dotted", "--shape", "circle")
     assert result.returncode == 0 and ": 0 % of 5 pictures" in result.stdout  # the style data holds no circle
 
 
-@pytest.mark.parametrize("args,named", [(["missing.png"], "missing.png"), (["datasets/toy_star", "--shape", "blob"], "--shape")])
+@pytest.mark.parametrize("args,named", [(["missing.png"], "missing.png"), (["datasets/demo_toy", "--shape", "blob"], "--shape")])
 def test_measure_concept_bad_input_is_one_line(args, named):
     result = measure_concept(*args)
     lines = result.stderr.strip().splitlines()

@@ -44,6 +44,7 @@ def read_ti(path):
         return {k: r.get(k) if isinstance(r.get(k), str) else np.array(r.get(k)) for k in r.keys()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed_command", [
     ["--data_path", "datasets/cat_toy", "--save_path", "runs/cat_toy", "--infer_during_train", "True",
      "--gradient_accumulation_steps", "4", "--num_vectors", "10", "--total_step", "3000",
@@ -71,6 +72,7 @@ def test_seed_command_runs_end_to_end(seed_command, weights, tmp_path):
     assert "Key settings" in result.stdout and "learned vectors:" in result.stdout
 
 
+@pytest.mark.slow
 def test_training_learns_and_leaves_the_model_alone(weights, tmp_path):
     """Loss falls, the new rows move, the original tables stay bit-identical (in-process, graph mode)."""
     import mindspore as ms
@@ -105,6 +107,7 @@ def test_training_learns_and_leaves_the_model_alone(weights, tmp_path):
     assert trainer.out.saved_steps() == [120]  # max_num_ckpt=1 keeps the newest only
 
 
+@pytest.mark.slow
 def test_stopped_and_resumed_run_ends_with_the_same_vectors(weights, tmp_path):
     common = tiny(weights, "--data_path", DEMO_TOY, "--total_step", "8", "--save_ckpt_interval", "100",
                   "--ms_mode", "1", "--train_batch_size", "1", "--gradient_accumulation_steps", "2",
@@ -145,6 +148,7 @@ def make_folder(tmp_path, name, images=(), junk=()):
     return str(folder)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["empty", "missing", "unreadable", "num_vectors", "property", "resolution",
                                   "weight", "save_path", "initializer", "existing_word", "amp_dtype"])
 def test_bad_input_gives_one_line_error(case, weights, tmp_path):
@@ -187,6 +191,7 @@ def test_bad_input_gives_one_line_error(case, weights, tmp_path):
     assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_corrupt_image_among_good_ones_is_skipped_with_a_warning(weights, tmp_path):
     """An unreadable file, a 4000x10 strip and a 5x5 thumbnail (at --resolution 64) are skipped with one
     ``warning:`` line each, not Python's UserWarning repr; the run trains on the rest."""
@@ -206,6 +211,7 @@ def test_corrupt_image_among_good_ones_is_skipped_with_a_warning(weights, tmp_pa
     assert "2 images" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_failed_run_loses_nothing_already_saved(weights, tmp_path):
     save = str(tmp_path / "run")
     args = tiny(weights, "--data_path", DEMO_TOY, "--save_path", save, "--total_step", "1", "--ms_mode", "1")
@@ -217,6 +223,7 @@ def test_a_failed_run_loses_nothing_already_saved(weights, tmp_path):
     assert open(ckpt, "rb").read() == before
 
 
+@pytest.mark.slow
 def test_several_concepts_in_one_run(weights, tmp_path):
     """--concepts: one file per concept, each with its own token and vectors."""
     (tmp_path / "concepts.yaml").write_text(
@@ -237,6 +244,7 @@ def test_several_concepts_in_one_run(weights, tmp_path):
     assert result.returncode == 1 and "--concepts" in result.stderr and "colour" in result.stderr
 
 
+@pytest.mark.slow
 def test_mixed_precision_trains_like_fp32(weights, tmp_path):
     """--ms_amp_level O2 (fp16 UNet and text encoders, VAE fp32) in graph mode: the same losses as
     fp32 within fp16 error, fp32 rows that move, and in-training samples."""
@@ -299,6 +307,7 @@ def copy_of(run, tmp_path):
     return save
 
 
+@pytest.mark.slow
 def test_demo_runs_on_built_in_defaults(tmp_path, monkeypatch, capsys, keep_mode):
     """The README's first command, --demo True, with the step count cut and the output moved to a
     temporary folder: the toy model learns <demo-toy> from datasets/demo_toy, samples step 0 (the
@@ -324,7 +333,7 @@ def test_demo_with_a_missing_weight_file_is_an_error(tmp_path, capsys, keep_mode
     assert code == 1 and "--weight" in error_line(err) and str(missing) in error_line(err)
     assert os.listdir(tmp_path) == []
 
-
+@pytest.mark.slow
 def test_a_used_save_path_is_refused_unless_overwritten(weights, finished_run, tmp_path, capsys, keep_mode):
     """A new run never replaces an earlier run's files unasked; --overwrite True removes them only once
     the new run has been checked, and only the run's own files."""
@@ -431,7 +440,8 @@ def test_a_concepts_file_of_another_shape_says_what_was_expected(text, expected,
 @pytest.mark.parametrize("extra,expected", [
     (["--placeholder_token", "a b"], "--placeholder_token 'a b' contains white space"),
     (["--placeholder_token", "Toy"], "--placeholder_token 'Toy' is the vocabulary word 'toy' in other case"),
-    (["--placeholder_token", "<x>", "--num_vectors", "2", "--initializer_token", "cat"], None),
+    pytest.param(["--placeholder_token", "<x>", "--num_vectors", "2", "--initializer_token", "cat"], None,
+                 marks=pytest.mark.slow),  # a run to its end
     (["--concepts", "{clash}"], "concept 2: placeholder_token '<a>_1': its token '<a>_1' is also a token of '<a>' (with 3 vectors"),
 ], ids=["space", "case", "fine", "clash"])
 def test_the_placeholder_is_a_learned_word(extra, expected, weights, tmp_path, capsys, keep_mode):
@@ -462,6 +472,7 @@ def test_save_path_never_holds_an_input(case, weights, tmp_path, capsys, keep_mo
     assert snapshot(save) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interval,stop,what", [("1", 3, "the learned vectors are not finite"),
                                                 ("100", 4, "the loss is ")], ids=["vectors", "loss"])
 def test_a_diverging_run_stops_and_keeps_its_last_good_files(interval, stop, what, weights, finished_run,
@@ -483,7 +494,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_files(interval, stop, wha
     assert len(log) == 3 and np.isfinite(log).all()  # step 3's loss came from the good vectors of step 2
     assert loss_curve([1, 2, 3, 4], [1.0, float("nan"), float("inf"), 0.5]).size == (640, 360)
 
-
+@pytest.mark.slow
 def test_resume_repairs_a_torn_loss_log(weights, finished_run, tmp_path, capsys, keep_mode):
     """A row cut short by a kill (and any other unreadable row) is dropped with one warning line, and
     the log is rewritten with plain newlines."""
@@ -500,7 +511,7 @@ def test_resume_repairs_a_torn_loss_log(weights, finished_run, tmp_path, capsys,
     assert b"\r" not in raw and raw.splitlines()[:3] == [header.encode(), first.encode(), second.encode()]
     assert [row.split(b",")[0] for row in raw.splitlines()[1:]] == [b"1", b"2", b"3"]
 
-
+@pytest.mark.slow
 def test_resume_with_nothing_to_train_writes_nothing(weights, finished_run, tmp_path, capsys, keep_mode):
     """--resume without a saved state creates no folder; a run already at --total_step is an error."""
     code, _, err = train_here(capsys, *quick(weights, str(tmp_path / "new" / "run"), "--resume", "True",
@@ -514,6 +525,7 @@ def test_resume_with_nothing_to_train_writes_nothing(weights, finished_run, tmp_
     assert snapshot(save) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,expected", [
     ("no_step", "holds no valid step"),
     ("no_concepts", "names no concepts"),

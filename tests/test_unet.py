@@ -7,10 +7,11 @@ from omegaconf import OmegaConf
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from conftest import TINY_CONFIG, diffusers_unet_config, rel_err
+from conftest import TINY_CONFIG, rel_err
 from gm.checkpoints.random_weights import randomize_cell
 from gm.config import instantiate_from_config
 from gm.modules.diffusionmodules.openaimodel import UNetModel
+from reference import diffusers_unet_config
 
 PREFIX = "model.diffusion_model."
 SEED = 3
@@ -131,6 +132,7 @@ def test_official_options_build_and_unsupported_ones_raise():
         UNetModel(**{**params, "num_classes": 10})
 
 
+@pytest.mark.slow
 def test_eps_and_context_grad_match_diffusers(ms_mode, reference):
     """eps and d sum(eps * w) / d context for every case in PyNative. In graph mode every new shape
     is a compilation (10-25 s on CPU): the gradient graph runs the first case, the plain forward
@@ -151,6 +153,7 @@ def test_eps_and_context_grad_match_diffusers(ms_mode, reference):
         assert err <= 1e-4, ("grad", steps, x.shape, err)
 
 
+@pytest.mark.slow
 def test_use_checkpoint_recomputes_with_same_gradients():
     """use_checkpoint=True (Cell.recompute) changes memory, not numbers: in PyNative and graph mode its
     eps and context gradient equal the plain network's (a one-level UNet, to compile quickly)."""

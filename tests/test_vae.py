@@ -87,6 +87,7 @@ def test_logvar_is_clamped(ms_mode):
     assert (logvar.asnumpy()[:, 0] == 20.0).all() and (logvar.asnumpy()[:, 1] == -30.0).all()
 
 
+@pytest.mark.slow
 def test_sdxl_base_vae_layout_and_shapes():
     """The real SDXL VAE: diffusers' converter loads our parameters strictly (names and shapes)."""
     vae, original_config = build(BASE_CONFIG)

@@ -1,71 +1,54 @@
 """Weight files: random official-layout checkpoints, conversion to .ckpt, loading, and bad input."""
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import BASE_CONFIG, ROOT, TINY_CONFIG, diffusers_unet_config
+from conftest import BASE_CONFIG, TINY_CONFIG, TINY_SEED, damaged, run_script
 
 from gm.build import build_model
 from gm.checkpoints.layout import official_layout
 from gm.checkpoints.random_weights import random_tensor
 from gm.checkpoints.weight_files import open_weights
-
-TOOLS = os.path.join(ROOT, "tools")
-
-
-def tool(name, *args):
-    """Run a tool as a user would; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, os.path.join(TOOLS, name), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+from reference import diffusers_unet_config
 
 
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("w") / "tiny.safetensors")
-    result = tool("random_checkpoint.py", "--config", TINY_CONFIG, "--out", path, "--seed", "3")
-    assert result.returncode == 0, result.stderr
-    return path
-
-
-def test_random_checkpoint_has_official_layout(tiny_file):
+def test_random_checkpoint_has_official_layout(tiny_checkpoint):
     layout = official_layout(TINY_CONFIG)
-    with open_weights(tiny_file) as reader:
+    with open_weights(tiny_checkpoint) as reader:
         assert sorted(reader.keys()) == sorted(layout)
         for key, (shape, _) in layout.items():
             assert tuple(reader.shape(key)) == shape, key
         key = "model.diffusion_model.input_blocks.1.0.in_layers.2.weight"
-        np.testing.assert_array_equal(reader.get(key), random_tensor(key, layout[key][0], seed=3))
+        np.testing.assert_array_equal(reader.get(key), random_tensor(key, layout[key][0], seed=TINY_SEED))
 
 
-def test_single_file_converts_and_loads(tiny_file, tmp_path):
+def test_single_file_converts_and_loads(tiny_checkpoint, tmp_path):
     dst = str(tmp_path / "tiny.ckpt")
-    result = tool("convert_weight.py", "--src", tiny_file, "--dst", dst, "--config", TINY_CONFIG)
+    result = run_script("tools/convert_weight.py", "--src", tiny_checkpoint, "--dst", dst, "--config", TINY_CONFIG)
     assert result.returncode == 0, result.stderr
     model = build_model(TINY_CONFIG, dst)
-    with open_weights(tiny_file) as reader:
+    with open_weights(tiny_checkpoint) as reader:
         for param in model.get_parameters():
             np.testing.assert_array_equal(param.asnumpy(), reader.get(param.name), err_msg=param.name)
 
-
+@pytest.mark.slow
 def test_fp16_source_converts(tmp_path):
     src, dst = str(tmp_path / "half.safetensors"), str(tmp_path / "half.ckpt")
-    assert tool("random_checkpoint.py", "--config", TINY_CONFIG, "--out", src, "--dtype", "fp16").returncode == 0
+    assert run_script("tools/random_checkpoint.py", "--config", TINY_CONFIG, "--out", src,
+                      "--dtype", "fp16").returncode == 0
     with open_weights(src) as reader:
         key = "first_stage_model.decoder.conv_out.weight"
         assert reader.dtype(key) == "F16"
         expected = reader.get(key).astype(np.float32)
-    result = tool("convert_weight.py", "--src", src, "--dst", dst, "--config", TINY_CONFIG)
+    result = run_script("tools/convert_weight.py", "--src", src, "--dst", dst, "--config", TINY_CONFIG)
     assert result.returncode == 0, result.stderr
     with open_weights(dst) as reader:
         assert reader.dtype(key) == "Float32"
         np.testing.assert_array_equal(reader.get(key), expected)
 
-
-def test_diffusers_folder_converts_to_the_same_weights(tiny_file, tmp_path):
+@pytest.mark.slow
+def test_diffusers_folder_converts_to_the_same_weights(tiny_checkpoint, tmp_path):
     """diffusers' own conversion makes the folder; ours must give back the official tensors exactly."""
     import torch
     from diffusers.loaders import single_file_utils as sfu
@@ -73,7 +56,7 @@ def test_diffusers_folder_converts_to_the_same_weights(tiny_file, tmp_path):
     from safetensors.torch import save_file
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    with open_weights(tiny_file) as reader:
+    with open_weights(tiny_checkpoint) as reader:
         state = {k: torch.from_numpy(np.array(reader.get(k))) for k in reader.keys()}
     config = OmegaConf.to_container(OmegaConf.load(TINY_CONFIG))
     enc2 = config["model"]["params"]["conditioner_config"]["params"]["emb_models"][1]["params"]
@@ -91,7 +74,7 @@ def test_diffusers_folder_converts_to_the_same_weights(tiny_file, tmp_path):
         fname = "model.fp16.safetensors" if name.startswith("text") else "diffusion_pytorch_model.safetensors"
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / name / fname))
     dst = str(tmp_path / "from_diffusers.ckpt")
-    result = tool("convert_weight.py", "--src", str(folder), "--dst", dst, "--config", TINY_CONFIG)
+    result = run_script("tools/convert_weight.py", "--src", str(folder), "--dst", dst, "--config", TINY_CONFIG)
     assert result.returncode == 0, result.stderr
     layout = official_layout(TINY_CONFIG)
     with open_weights(dst) as ours:
@@ -101,6 +84,7 @@ def test_diffusers_folder_converts_to_the_same_weights(tiny_file, tmp_path):
             np.testing.assert_array_equal(ours.get(key), state[key].numpy(), err_msg=key)
 
 
+@pytest.mark.slow
 def test_base_layout_is_what_diffusers_expects():
     """At the real SDXL shapes, diffusers' conversion consumes every key and fills every weight."""
     import torch
@@ -152,15 +136,16 @@ def write_safetensors_from(reader, path, drop=(), rename=None, reshape=None):
     write_safetensors(path, entries)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_src", "truncated", "not_safetensors", "wrong_keys", "wrong_shape",
                                   "missing_config", "bad_dst"])
-def test_bad_input_gives_one_line_error(case, tiny_file, tmp_path):
-    src, dst, config = tiny_file, str(tmp_path / "out.ckpt"), TINY_CONFIG
+def test_bad_input_gives_one_line_error(case, tiny_checkpoint, tmp_path):
+    src, dst, config = tiny_checkpoint, str(tmp_path / "out.ckpt"), TINY_CONFIG
     if case == "missing_src":
         src = str(tmp_path / "nope.safetensors")
     elif case == "truncated":
         src = str(tmp_path / "cut.safetensors")
-        with open(tiny_file, "rb") as f:
+        with open(tiny_checkpoint, "rb") as f:
             data = f.read()
         with open(src, "wb") as f:
             f.write(data[: len(data) // 2])
@@ -170,7 +155,7 @@ def test_bad_input_gives_one_line_error(case, tiny_file, tmp_path):
             f.write("this is not a weight file\n" * 10)
     elif case in ("wrong_keys", "wrong_shape"):
         src = str(tmp_path / f"{case}.safetensors")
-        with open_weights(tiny_file) as reader:
+        with open_weights(tiny_checkpoint) as reader:
             keys = sorted(k for k in reader.keys() if k.startswith("model."))
             if case == "wrong_keys":
                 write_safetensors_from(reader, src, drop=keys[:4], rename={keys[5]: "model.extra.weight"})
@@ -183,7 +168,7 @@ def test_bad_input_gives_one_line_error(case, tiny_file, tmp_path):
         dst = str(tmp_path / "out.safetensors")
     with open(dst, "wb") as f:
         f.write(b"previous")
-    result = tool("convert_weight.py", "--src", src, "--dst", dst, "--config", config)
+    result = run_script("tools/convert_weight.py", "--src", src, "--dst", dst, "--config", config)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -198,22 +183,23 @@ def test_bad_input_gives_one_line_error(case, tiny_file, tmp_path):
     assert [p for p in os.listdir(tmp_path) if ".tmp" in p] == []
 
 
-def test_build_model_rejects_unfitting_weights(tiny_file, tmp_path):
+def test_build_model_rejects_unfitting_weights(tiny_checkpoint, tmp_path):
     from gm.errors import WeightFileError
     src = str(tmp_path / "partial.safetensors")
-    with open_weights(tiny_file) as reader:
+    with open_weights(tiny_checkpoint) as reader:
         write_safetensors_from(reader, src, drop=["model.diffusion_model.out.2.bias"])
     with pytest.raises(WeightFileError, match="1 missing .*out.2.bias"):
         build_model(TINY_CONFIG, src)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["out_is_config", "out_links_to_config", "ckpt_name", "folder", "export_onto_src"])
 def test_no_tool_writes_over_its_input(case, tmp_path):
     """An output that is one of the tool's inputs, a weight file under a .ckpt name, or an existing folder
     is refused with one line; the input is unchanged and nothing is written."""
     config = tmp_path / "tiny.yaml"
     config.write_bytes(open(TINY_CONFIG, "rb").read())
-    args = ["random_checkpoint.py", "--config", str(config), "--out"]
+    args = ["tools/random_checkpoint.py", "--config", str(config), "--out"]
     if case == "out_is_config":
         args, expected, kept = args + [str(config)], "safetensors", config
     elif case == "out_links_to_config":
@@ -228,26 +214,14 @@ def test_no_tool_writes_over_its_input(case, tmp_path):
         from gm.textual_inversion import formats
         kept = tmp_path / "cat-toy.safetensors"
         formats.write(str(kept), "<cat-toy>", [np.ones((1, 32), np.float32), np.ones((1, 64), np.float32)], "a1111")
-        args, expected = ["export_embedding.py", "--src", str(kept), "--format", "a1111", "--dst", f"{tmp_path}/",
+        args, expected = ["tools/export_embedding.py", "--src", str(kept), "--format", "a1111", "--dst", f"{tmp_path}/",
                           "--dtype", "fp16"], "is also --src"
     before, files = kept.read_bytes(), sorted(os.listdir(tmp_path))
-    result = tool(*args)
+    result = run_script(*args)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert kept.read_bytes() == before and sorted(os.listdir(tmp_path)) == files
-
-
-def damaged(src, dst, edit):
-    """Copy the safetensors file ``src`` to ``dst`` with its JSON header changed by ``edit(header)``."""
-    data = open(src, "rb").read()
-    n = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + n])
-    header = edit(header) or header
-    blob = json.dumps(header).encode()
-    with open(dst, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little") + blob + data[8 + n:])
-    return dst
 
 
 def entry(key, **changes):
@@ -290,15 +264,16 @@ def test_every_safetensors_header_entry_is_checked(case, tmp_path):
     assert str(e.value).startswith(f"{bad}: ") and expected in str(e.value) and "\n" not in str(e.value)
 
 
-def test_damaged_header_is_one_line_in_convert_and_build(tiny_file, tmp_path):
+def test_damaged_header_is_one_line_in_convert_and_build(tiny_checkpoint, tmp_path):
     """A model file whose header gives a tensor a shape its bytes do not hold: one line from the converter
     (nothing written) and a WeightFileError from build_model (what --weight, sampling and the app use)."""
     from gm.errors import WeightFileError
 
     key = "model.diffusion_model.out.2.weight"
-    bad = damaged(tiny_file, str(tmp_path / "bad.safetensors"),
+    bad = damaged(tiny_checkpoint, str(tmp_path / "bad.safetensors"),
                   lambda h: h[key].update(shape=[h[key]["shape"][0] + 1] + h[key]["shape"][1:]))
-    result = tool("convert_weight.py", "--src", bad, "--dst", str(tmp_path / "out.ckpt"), "--config", TINY_CONFIG)
+    result = run_script("tools/convert_weight.py", "--src", bad, "--dst", str(tmp_path / "out.ckpt"),
+                        "--config", TINY_CONFIG)
     assert result.returncode == 1
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {bad}: tensor {key}: shape [") and "needs" in line, result.stderr
@@ -324,19 +299,20 @@ def test_damaged_ckpt_tensor_is_refused(tmp_path):
             pass
 
 
-def test_fp16_conversion_of_values_beyond_its_range_is_refused(tiny_file, tmp_path):
+def test_fp16_conversion_of_values_beyond_its_range_is_refused(tiny_checkpoint, tmp_path):
     """--dtype fp16 would store values past 65504 as inf: one error naming the tensor, no .ckpt written."""
     from gm.checkpoints.weight_files import write_safetensors
 
     key = "model.diffusion_model.out.2.bias"
     src, dst = str(tmp_path / "hot.safetensors"), str(tmp_path / "hot.ckpt")
-    with open_weights(tiny_file) as reader:
+    with open_weights(tiny_checkpoint) as reader:
         entries = []
         for k in reader.keys():
             value = np.array(reader.get(k)) if k != key else np.full(reader.shape(k), 1e6, np.float32)
             entries.append((k, value.shape, value.dtype, lambda v=value: v))
         write_safetensors(src, entries)
-    result = tool("convert_weight.py", "--src", src, "--dst", dst, "--config", TINY_CONFIG, "--dtype", "fp16")
+    result = run_script("tools/convert_weight.py", "--src", src, "--dst", dst, "--config", TINY_CONFIG,
+                        "--dtype", "fp16")
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: {src}: tensor {key} has values beyond float16's range (they would be stored as inf); "
