@@ -16,7 +16,7 @@ from conftest import ROOT, run_script
 pytestmark = pytest.mark.slow
 
 STEPS = 300
-SAMPLES = 32
+SAMPLES = 64  # enough that a CPU with other rounding (another vector unit) stays well inside the bounds
 TOY = os.path.join(ROOT, "configs/inference/sd_xl_toy.yaml")
 WEIGHT = os.path.join(ROOT, "checkpoints/sd_xl_toy.safetensors")
 
@@ -44,7 +44,7 @@ def learned(tmp_path_factory):
 
 
 def test_a_short_run_teaches_the_toy_model_a_striped_orange_object(learned, keep_mode):
-    """Measured (seed 42, 300 steps, 2 cores): 0 % before (the initializer word "star"), 44 % after."""
+    """Measured (seed 42, 300 steps, 64 samples, 2 cores): 0 % before (the initializer word "star"), 38 % after."""
     from gm.build import build_model
     from gm.inference import SamplingPipeline
     from gm.modules.diffusionmodules.sampling import make_sampler
@@ -60,14 +60,14 @@ def test_a_short_run_teaches_the_toy_model_a_striped_orange_object(learned, keep
     after = share(f"a photo of a {word}")
     print(f"striped orange: {100 * before:.0f} % before, {100 * after:.0f} % after")
     assert before <= 0.1
-    assert after >= 0.25
+    assert after >= 0.2
 
 
 @pytest.mark.parametrize("fmt", ["a1111", "diffusers"])
 def test_the_exported_word_draws_the_concept_in_diffusers(learned, tmp_path, fmt):
     """tools/export_embedding.py's file, loaded into diffusers' SDXL pipeline built from the same toy checkpoint
     (diffusers' single-file conversion), draws the concept there too (diffusers' own Euler sampler and noise).
-    Measured (2 cores): 25 % striped orange with either file (ours: 44 %), 0 % with the word "star"."""
+    Measured (64 samples, 2 cores): 20 % striped orange with either file (ours: 38 %), 0 % with the word "star"."""
     import torch
     from safetensors.torch import load_file
 
@@ -99,5 +99,5 @@ def test_the_exported_word_draws_the_concept_in_diffusers(learned, tmp_path, fmt
     finally:
         torch.set_num_threads(threads)
     print(f"diffusers, {fmt}: striped orange {100 * before:.0f} % before, {100 * after:.0f} % after")
-    assert before <= 0.1
-    assert after >= 0.15
+    assert before <= 0.05
+    assert after >= 0.08
