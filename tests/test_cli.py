@@ -143,3 +143,19 @@ def test_the_library_never_imports_the_cli():
     for shared in ("errors.py", "constants.py"):
         imported = _imported_modules(os.path.join(ROOT, "gm", shared))
         assert not {m for m in imported if m.split(".")[0] in ("argparse", "mindspore")}, shared
+
+
+def test_the_toy_weights_with_another_models_config_are_one_line(capsys, tmp_path, keep_mode):
+    """The toy model's file given with the tiny config: the layout error, one line naming the file; nothing written."""
+    from conftest import run_main
+    from train_textual_inversion import main
+
+    save = tmp_path / "run"
+    code, _, err = run_main(capsys, main, "--config", os.path.join(ROOT, "configs/training/sd_xl_tiny_finetune_"
+                                                                  "textual_inversion.yaml"),
+                            "--weight", os.path.join(ROOT, "checkpoints/sd_xl_toy.safetensors"), "--data_path",
+                            os.path.join(ROOT, "datasets/demo_toy"), "--save_path", str(save), "--device_target", "CPU")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert "sd_xl_toy.safetensors: does not fit the model config" in lines[0]
+    assert not save.exists()
