@@ -22,9 +22,11 @@ WEIGHT = os.path.join(ROOT, "checkpoints/sd_xl_toy.safetensors")
 
 
 def striped_orange(pictures):
-    from gm.toyworld import meter
+    """Share of pictures showing the concept's colour and pattern (the meter's reading, as the trainer reports it)."""
+    from gm.toyworld.concepts import CONCEPTS, score
 
-    return float(np.mean([meter.read(p).shows(colour="orange", pattern="striped") for p in pictures]))
+    concept = CONCEPTS["toy_star"]
+    return score(concept, concept.attributes, pictures)["colour+pattern"]
 
 
 @pytest.fixture(scope="module")

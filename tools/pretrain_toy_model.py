@@ -152,7 +152,7 @@ class Pretraining:
             param.requires_grad = True
         s = self.p.vae
         batch, crop = int(s.batch_size), int(s.crop)
-        factor = 2 ** (len(self.config.model.params.first_stage_config.params.ddconfig.ch_mult) - 1)
+        factor = vae.downsampling_factor
         step_cell = TrainStep(VAELoss(vae), params, max_grad_norm=1.0)
 
         def batches(batch, crop, stream):

@@ -200,11 +200,10 @@ class Trainer:
         from gm.toyworld.concepts import CONCEPTS, measure
 
         s = self.s
-        scores, _ = measure(self.sampler, CONCEPTS[s.measure_concept], self.datasets[0].expanded_placeholder,
-                            samples=s.measure_samples, size=s.resolution, steps=s.infer_steps,
-                            guidance=s.guidance_scale, seed=s.seed + 1)
-        self.scores[step] = scores
         concept = CONCEPTS[s.measure_concept]
+        scores, _ = measure(self.sampler, concept, self.datasets[0].expanded_placeholder, samples=s.measure_samples,
+                            size=s.resolution, steps=s.infer_steps, guidance=s.guidance_scale, seed=s.seed + 1)
+        self.scores[step] = scores
         for name, v in scores.items():
             parts = ", ".join(f"{a} {100 * v[a]:.0f} %" for a in concept.attributes)
             tqdm.write(f"step {step}: {s.measure_concept} {name}: concept {100 * v['concept']:.0f} %, with the rest of "

@@ -6,7 +6,7 @@ back was learned from the user's pictures. Measured as in the textual-inversion 
 
 - concept: share of samples of the word's prompts that show every attribute of the concept;
 - prompt: share that also show what the rest of the prompt asks (another background for an object,
-  another shape and colour for a style): does the word compose with the rest of the prompt.
+  another shape for a style): does the word compose with the rest of the prompt.
 """
 import itertools
 from dataclasses import dataclass
