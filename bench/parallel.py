@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 
+from side_by_side import machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train_textual_inversion.py")
 
@@ -109,6 +111,7 @@ def main():
         with open(driver, "w") as f:
             f.write(DRIVER)
         runs = {(p, t): measure(args, driver, work, p, t) for p, t in ((1, 1), (2, 1), (1, 2))}
+    print(machine())
     print(f"Textual-inversion training, {os.path.basename(args.config)}, {args.resolution}x{args.resolution} px, "
           f"batch {args.batch} per process, {'graph' if args.ms_mode == 0 else 'PyNative'} mode, "
           f"{os.cpu_count()} CPUs, {args.steps} timed steps, load average {load:.1f} before, "

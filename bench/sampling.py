@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-from side_by_side import peak_rss_gb, run_sides
+from side_by_side import machine, peak_rss_gb, run_sides
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 from reference import diffusers_pipeline  # noqa: E402  (tests/reference.py)
@@ -98,6 +98,7 @@ def main():
             write_random_checkpoint(args.config, args.weights, seed=0, dtype=dtype)
     results = run_sides(__file__, args)
     ours, ref = results["ours"], results["diffusers"]
+    print(machine())
     print(f"sampling at {os.path.basename(args.config)}, {args.size}x{args.size} px, {args.steps} Euler steps, "
           f"guidance 5, batch {args.batch}, {os.cpu_count()} threads, MindSpore mode {args.ms_mode}")
     print(f"{'':30}{'ours':>10}{'diffusers':>11}{'ours/diffusers':>16}")

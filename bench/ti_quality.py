@@ -24,7 +24,6 @@ import csv
 import glob
 import itertools
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -33,18 +32,11 @@ import time
 
 import numpy as np
 
+from side_by_side import machine
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = {"toy_star": "datasets/demo_toy", "toy_dotted": "datasets/toy_dotted"}
 WORD = {"toy_star": "<toy-star>", "toy_dotted": "<toy-dotted>"}
-
-
-def cpu_flags():
-    """The CPU's vector extensions that matter for the kernels (speed figures depend on them)."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-    return " ".join(f for f in ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags)
 
 
 def train_ours(args, concept, work):
@@ -133,7 +125,7 @@ def main():
     known = ["concept"] + ["+".join(s) for k in range(1, len(parts)) for s in itertools.combinations(parts, k)]
     if args.criterion not in known:
         p.error(f"--criterion {args.criterion!r}: expected one of {', '.join(known)}")
-    print(f"CPU: {platform.machine()} [{cpu_flags()}], {os.cpu_count()} cores; concept {concept.name} "
+    print(f"{machine()}; concept {concept.name} "
           f"({concept.learnable_property}: {concept.attributes}); {args.samples} samples per prompt", flush=True)
     table = {}
     if "ours" in sides:

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 
-from side_by_side import peak_rss_gb
+from side_by_side import machine, peak_rss_gb
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -301,7 +301,8 @@ def run_ours(spec, steps, threads, ms_mode):
                                       "target_size_as_tuple": sizes})
     sigma = model.loss_fn.sigma_sampler(b, rng)[1].astype(np.float32)
     mean, logvar, latent_noise, noise = (rng.standard_normal(latent).astype(np.float32) for _ in range(4))
-    inputs = (*(Tensor(a) for a in (mean, 0.1 * logvar - 2.0, latent_noise, noise, sigma)), *cond)
+    weight = np.ones(b, np.float32)  # the plain loss (no min-SNR weights)
+    inputs = (*(Tensor(a) for a in (mean, 0.1 * logvar - 2.0, latent_noise, noise, sigma, weight)), *cond)
 
     def step(i):
         loss, grads = loss_and_grads(*inputs)
@@ -351,6 +352,7 @@ def run_side(which, spec_path, args):
 
 
 def report(name, spec, ours, ref, flops, args):
+    print(machine())
     print(f"\nTI step, {name}: {os.path.basename(spec['config'])}, {spec['size']}x{spec['size']} px, "
           f"batch {spec['batch']}, {args.threads} threads, MindSpore {'graph' if args.ms_mode == 0 else 'PyNative'} "
           f"mode, median of {args.steps} steps")

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from side_by_side import peak_rss_gb, run_sides
+from side_by_side import machine, peak_rss_gb, run_sides
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,6 +123,7 @@ def main():
         return child(args)
     results = run_sides(__file__, args)
     ours, ref = results["ours"], results["diffusers"]
+    print(machine())
     print(f"UNet at {os.path.basename(args.config)}, {args.size}x{args.size} px, batch {args.batch}, "
           f"{os.cpu_count()} threads, MindSpore mode {args.ms_mode}")
     print(f"{'':28}{'ours':>10}{'diffusers':>11}{'ours/diffusers':>16}")
