@@ -8,3 +8,18 @@ AMP_DTYPES = ("float16", "bfloat16")
 # is refused instead of filling the memory.
 MAX_IMAGE_SIDE = 4096
 MAX_IMAGES = 64
+
+# The samplers make_sampler builds and the sampling CLI (--sampler) and app offer, in display order:
+# name -> (label, class in gm.modules.diffusionmodules.sampling).
+SAMPLERS = {
+    "euler": ("Euler EDM", "EulerEDMSampler"),
+    "euler_a": ("Euler ancestral", "EulerAncestralSampler"),
+    "heun": ("Heun", "HeunSampler"),
+    "lms": ("LMS", "LMSSampler"),
+    "ddim": ("DDIM", "DDIMSampler"),
+    "dpmpp_2m": ("DPM++ 2M", "DPMPP2MSampler"),
+    "dpmpp_2m_sde": ("DPM++ 2M SDE", "DPMPP2MSDESampler"),
+}
+# Noise-level spacings of SDXL's discretisation (--spacing): which training timesteps n steps visit, or
+# "karras", Karras et al.'s noise levels over the training range.
+SPACINGS = ("sgm", "leading", "trailing", "linspace", "karras")

@@ -9,8 +9,10 @@ import math
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor
+from numpy.polynomial import Polynomial
 
 from gm.config import instantiate_from_config
+from gm.constants import SAMPLERS
 
 GUIDERS = "gm.modules.diffusionmodules.guiders."
 IDENTITY_GUIDER = {"target": GUIDERS + "IdentityGuider"}
@@ -83,11 +85,12 @@ class EulerEDMSampler(BaseSampler):
     """Euler steps of the probability-flow ODE (Karras et al. Alg. 2) with optional churn.
 
     Without churn this equals diffusers' EulerDiscreteScheduler; the initial noise scale follows its
-    ``init_noise_sigma`` too (sigma_max for "linspace"/"trailing" spacing, sqrt(1 + sigma_max^2) otherwise).
+    ``init_noise_sigma`` too (sigma_max for "linspace"/"trailing" spacing and for "karras", which diffusers
+    computes on "linspace"; sqrt(1 + sigma_max^2) otherwise).
     With churn, sgm (like k-diffusion) denoises the churned latents at sigma_hat; diffusers does not.
     """
 
-    sigma_max_init_spacings = ("linspace", "trailing")
+    sigma_max_init_spacings = ("linspace", "trailing", "karras")
 
     def __init__(self, discretization_config, num_steps=None, guider_config=None,
                  s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
@@ -158,19 +161,112 @@ class DPMPP2MSampler(BaseSampler):
         return x * (next_sigma / sigma) - denoised_d * math.expm1(-h), denoised
 
 
-SAMPLERS = {"euler": EulerEDMSampler, "euler_a": EulerAncestralSampler, "dpmpp_2m": DPMPP2MSampler}
+class DPMPP2MSDESampler(BaseSampler):
+    """DPM-Solver++(2M) SDE, midpoint variant, as k-diffusion's sample_dpmpp_2m_sde with eta 1.
+
+    Each step decays x and adds fresh noise of std sigma_next * sqrt(1 - exp(-2h)), drawn from ``rng`` like
+    :class:`EulerAncestralSampler`'s; first-order at the first step, x0 estimate alone at the step to 0. Equals
+    diffusers' DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2,
+    solver_type="midpoint", final_sigmas_type="zero") on the same timesteps.
+    """
+
+    def step(self, model, x, sigmas, i, carry, rng):
+        sigma, next_sigma = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = model(x, sigma)
+        if next_sigma == 0:
+            return denoised, denoised
+        h = math.log(sigma / next_sigma)
+        if carry is not None:
+            r = math.log(float(sigmas[i - 1]) / sigma) / h
+            denoised_d = denoised + (denoised - carry) * (1 / (2 * r))
+        else:
+            denoised_d = denoised
+        fade = -math.expm1(-2 * h)
+        x = x * (next_sigma / sigma * math.exp(-h)) + denoised_d * fade
+        return x + _noise_like(x, rng) * (next_sigma * math.sqrt(fade)), denoised
 
 
-def make_sampler(name, num_steps, guidance_scale, spacing="sgm", **sampler_kwargs):
-    """A sampler from ``SAMPLERS`` on SDXL's LegacyDDPMDiscretization with the given timestep spacing.
+class HeunSampler(BaseSampler):
+    """Heun's method (Karras et al. Alg. 1 without churn): an Euler step, then the average of the slopes at
+    both ends; a plain Euler step to sigma 0. Two model evaluations per step but the last.
+
+    Equals diffusers' HeunDiscreteScheduler (initial noise scale included).
+    """
+
+    sigma_max_init_spacings = EulerEDMSampler.sigma_max_init_spacings
+
+    def step(self, model, x, sigmas, i, carry, rng):
+        sigma, next_sigma = float(sigmas[i]), float(sigmas[i + 1])
+        slope = (x - model(x, sigma)) / sigma
+        x_euler = x + slope * (next_sigma - sigma)
+        if next_sigma == 0:
+            return x_euler, None
+        next_slope = (x_euler - model(x_euler, next_sigma)) / next_sigma
+        return x + (slope + next_slope) * ((next_sigma - sigma) / 2), None
+
+
+class LMSSampler(BaseSampler):
+    """Linear multistep, as k-diffusion's sample_lms: the step is a weighted sum of the last ``order`` slopes
+    (x - x0) / sigma, each weight the integral over [sigma_i, sigma_i+1] of its Lagrange basis polynomial in
+    sigma. Lower order while fewer slopes exist. Equals diffusers' LMSDiscreteScheduler (initial noise included).
+    """
+
+    sigma_max_init_spacings = EulerEDMSampler.sigma_max_init_spacings
+
+    def __init__(self, discretization_config, num_steps=None, guider_config=None, order=4):
+        super().__init__(discretization_config, num_steps, guider_config)
+        self.order = order
+
+    def step(self, model, x, sigmas, i, carry, rng):
+        sigma = float(sigmas[i])
+        slopes = [(x - model(x, sigma)) / sigma] + (carry or [])[:self.order - 1]
+        for weight, slope in zip(lms_weights(sigmas, i, len(slopes)), slopes):
+            x = x + slope * weight
+        return x, slopes
+
+
+def lms_weights(sigmas: np.ndarray, i: int, order: int) -> list:
+    """Weights of the slopes at sigmas[i], sigmas[i-1], ... (``order`` of them) for the step to sigmas[i+1]."""
+    nodes = np.asarray(sigmas[i - order + 1:i + 1][::-1], np.float64)
+    weights = []
+    for j, node in enumerate(nodes):
+        basis = Polynomial([1.0])
+        for other in np.delete(nodes, j):
+            basis *= Polynomial([-other, 1.0]) / (node - other)
+        antiderivative = basis.integ()
+        weights.append(float(antiderivative(sigmas[i + 1]) - antiderivative(sigmas[i])))
+    return weights
+
+
+class DDIMSampler(EulerAncestralSampler):
+    """DDIM (Song et al.). In sigma space its update is the ancestral Euler step with the same ``eta``, by
+    default 0: deterministic, the Euler step. The initial noise is always sqrt(1 + sigma_max^2) (unit noise
+    in DDPM scaling).
+
+    Equals diffusers' DDIMScheduler(set_alpha_to_one=True, clip_sample=False) with ``eta`` given to its step
+    wherever its stride T // n leads to the schedule's next timestep (every "leading" schedule; "sgm" and
+    "trailing" for step counts dividing 1000).
+    """
+
+    sigma_max_init_spacings = ()
+
+    def __init__(self, discretization_config, num_steps=None, guider_config=None, eta=0.0, s_noise=1.0):
+        super().__init__(discretization_config, num_steps, guider_config, eta, s_noise)
+
+
+def make_sampler(name: str, num_steps: int, guidance_scale: float, spacing: str = "sgm",
+                 **sampler_kwargs) -> BaseSampler:
+    """A sampler named in ``gm.constants.SAMPLERS`` on SDXL's LegacyDDPMDiscretization with the given spacing.
 
     Guidance is VanillaCFG (uncond + scale * (cond - uncond)) for every scale except 1, where the result
     is the conditional prediction alone and IdentityGuider computes it with half the batch.
     """
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}")
+        raise ValueError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
     discretization = {"target": "gm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization",
                       "params": {"spacing": spacing}}
     guider = IDENTITY_GUIDER if guidance_scale == 1 else {"target": GUIDERS + "VanillaCFG",
                                                           "params": {"scale": guidance_scale}}
-    return SAMPLERS[name](discretization, num_steps, guider, **sampler_kwargs)
+    sampler = {"target": f"{__name__}.{SAMPLERS[name][1]}", "params": sampler_kwargs}
+    return instantiate_from_config(sampler, discretization_config=discretization, num_steps=num_steps,
+                                   guider_config=guider)
