@@ -29,17 +29,16 @@ from PIL import Image  # noqa: E402 (after import_mindspore)
 from gm.build import build_model  # noqa: E402 (after import_mindspore)
 from gm.cli import ArgumentParser, device_name, ms_mode  # noqa: E402 (after import_mindspore)
 from gm.config import load_config  # noqa: E402 (after import_mindspore)
-from gm.constants import MAX_IMAGES, MAX_IMAGE_SIDE  # noqa: E402 (after import_mindspore)
+from gm.constants import MAX_IMAGES, MAX_IMAGE_SIDE, SAMPLERS, SPACINGS  # noqa: E402 (after import_mindspore)
 from gm.errors import ConfigError, UsageError, WeightFileError  # noqa: E402 (after import_mindspore)
 from gm.images import make_grid  # noqa: E402 (after import_mindspore)
 from gm.inference import SamplingPipeline, default_size  # noqa: E402 (after import_mindspore)
+from gm.refiner import TwoStagePipeline  # noqa: E402 (after import_mindspore)
 from gm.runtime import init_mindspore  # noqa: E402 (after import_mindspore)
-from gm.modules.diffusionmodules.discretizer import SPACINGS  # noqa: E402 (after import_mindspore)
 from gm.modules.diffusionmodules.sampling import make_sampler  # noqa: E402 (after import_mindspore)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SAMPLER_LABELS = {"euler": "Euler EDM", "euler_a": "Euler ancestral", "dpmpp_2m": "DPM++ 2M"}
 BAD_INPUT = (UsageError, ConfigError, WeightFileError)
 UPLOADS = os.path.join(tempfile.gettempdir(), "sdxl_ti_uploads")
 
@@ -92,6 +91,25 @@ def load(config_path, weight_path):
     return SamplingPipeline(build_model(config, weight_path)), threading.Lock(), config
 
 
+@st.cache_resource(max_entries=1, show_spinner="Loading the refiner ...")
+def load_refiner(config_path, weight_path):
+    """The refiner's SamplingPipeline, built once and shared as :func:`load`'s model is."""
+    if not os.path.isfile(weight_path):
+        raise UsageError(f"{weight_path}: no such weight file")
+    return SamplingPipeline(build_model(load_config(config_path), weight_path))
+
+
+def refiner_choice():
+    """The sidebar's refiner toggle: None, or (config path, weight path, switch)."""
+    st.sidebar.header("Refiner")
+    if not st.sidebar.toggle("Finish with the SDXL refiner", False, key="refiner"):
+        return None
+    return (st.sidebar.text_input("Refiner config", "configs/inference/sd_xl_refiner.yaml", key="refiner_config"),
+            st.sidebar.text_input("Refiner weights", "checkpoints/sd_xl_refiner_1.0_ms.ckpt", key="refiner_weight"),
+            st.sidebar.slider("Switch to the refiner at", 0.05, 0.95, 0.8, 0.05, key="refiner_switch",
+                              help="share of the noise schedule the base denoises"))
+
+
 def saved_upload(upload):
     """Path of an uploaded embedding file, written once under the temp folder by content hash."""
     data = upload.getvalue()
@@ -131,9 +149,11 @@ def settings(config, multiple):
     s = {"prompt": st.text_area("Prompt", "a <cat-toy> backpack", key="prompt"),
          "negative": st.text_input("Negative prompt", "", key="negative")}
     left, middle, right = st.columns(3)
-    s["sampler"] = left.selectbox("Sampler", list(SAMPLER_LABELS), format_func=SAMPLER_LABELS.get, key="sampler")
-    s["spacing"] = left.selectbox("Timestep spacing", SPACINGS, key="spacing",
-                                  help="sgm: generative-models; leading: diffusers' SDXL default")
+    s["sampler"] = left.selectbox("Sampler", list(SAMPLERS), format_func=lambda name: SAMPLERS[name][0],
+                                  key="sampler")
+    s["spacing"] = left.selectbox("Noise spacing", SPACINGS, key="spacing",
+                                  help="sgm: generative-models; leading: diffusers' SDXL default; karras: Karras "
+                                       "et al.'s sigmas (DPM++ 2M with karras is DPM++ 2M Karras)")
     s["steps"] = middle.number_input("Steps", 1, 1000, 40, key="steps")
     s["guidance"] = middle.number_input("Guidance scale", 0.0, 50.0, 5.0, 0.5, key="guidance")
     s["seed"] = middle.number_input("Seed", 0, 2 ** 32 - 1, 42, key="seed")
@@ -191,9 +211,12 @@ def main():
         st.error(str(e))
         st.stop()
     config_path, weight_path, embeddings = sidebar(opts)
+    refiner = refiner_choice()
     try:
         setup(opts.device_target, opts.ms_mode)
         sampler, lock, config = load(config_path, weight_path)
+        if refiner:
+            sampler = TwoStagePipeline(sampler, load_refiner(*refiner[:2]), refiner[2])
         with lock:
             load_embeddings(sampler, embeddings)
     except BAD_INPUT as e:
