@@ -33,7 +33,6 @@ from gm.constants import MAX_IMAGES, MAX_IMAGE_SIDE, SAMPLERS, SPACINGS  # noqa:
 from gm.errors import ConfigError, UsageError, WeightFileError  # noqa: E402 (after import_mindspore)
 from gm.images import make_grid  # noqa: E402 (after import_mindspore)
 from gm.inference import SamplingPipeline, default_size  # noqa: E402 (after import_mindspore)
-from gm.refiner import TwoStagePipeline  # noqa: E402 (after import_mindspore)
 from gm.runtime import init_mindspore  # noqa: E402 (after import_mindspore)
 from gm.modules.diffusionmodules.sampling import make_sampler  # noqa: E402 (after import_mindspore)
 
@@ -89,25 +88,6 @@ def load(config_path, weight_path):
     if not os.path.isfile(weight_path):
         raise UsageError(f"{weight_path}: no such weight file")
     return SamplingPipeline(build_model(config, weight_path)), threading.Lock(), config
-
-
-@st.cache_resource(max_entries=1, show_spinner="Loading the refiner ...")
-def load_refiner(config_path, weight_path):
-    """The refiner's SamplingPipeline, built once and shared as :func:`load`'s model is."""
-    if not os.path.isfile(weight_path):
-        raise UsageError(f"{weight_path}: no such weight file")
-    return SamplingPipeline(build_model(load_config(config_path), weight_path))
-
-
-def refiner_choice():
-    """The sidebar's refiner toggle: None, or (config path, weight path, switch)."""
-    st.sidebar.header("Refiner")
-    if not st.sidebar.toggle("Finish with the SDXL refiner", False, key="refiner"):
-        return None
-    return (st.sidebar.text_input("Refiner config", "configs/inference/sd_xl_refiner.yaml", key="refiner_config"),
-            st.sidebar.text_input("Refiner weights", "checkpoints/sd_xl_refiner_1.0_ms.ckpt", key="refiner_weight"),
-            st.sidebar.slider("Switch to the refiner at", 0.05, 0.95, 0.8, 0.05, key="refiner_switch",
-                              help="share of the noise schedule the base denoises"))
 
 
 def saved_upload(upload):
@@ -211,12 +191,9 @@ def main():
         st.error(str(e))
         st.stop()
     config_path, weight_path, embeddings = sidebar(opts)
-    refiner = refiner_choice()
     try:
         setup(opts.device_target, opts.ms_mode)
         sampler, lock, config = load(config_path, weight_path)
-        if refiner:
-            sampler = TwoStagePipeline(sampler, load_refiner(*refiner[:2]), refiner[2])
         with lock:
             load_embeddings(sampler, embeddings)
     except BAD_INPUT as e:

@@ -9,8 +9,6 @@
 Several embedding files, each bringing its own word, go into one prompt:
     --textual_inversion_weight cat_toy_ti.ckpt chinese_art_ti.ckpt --prompt "a <cat-toy> in <chinese-art> style"
 Image-to-image: --task img2img --img photo.png --strength 0.6
-Base then refiner (the refiner finishes the last 20 % of the schedule):
-    --refiner_weight checkpoints/sd_xl_refiner_1.0_ms.ckpt --refiner_switch 0.8
 """
 import argparse
 import glob
@@ -42,12 +40,6 @@ def parser():
                    help="learned-word files: _ti.ckpt from train_textual_inversion.py, or A1111/ComfyUI/kohya "
                         ".safetensors, a diffusers learned_embeds pair, mindone's _ti.ckpt; several files, or "
                         "the flag repeated, load several words")
-    g.add_argument("--refiner_weight", default=None,
-                   help="SDXL refiner weights (.ckpt or the official sd_xl_refiner_1.0.safetensors): the base "
-                        "denoises to --refiner_switch, the refiner finishes (txt2img)")
-    g.add_argument("--refiner_config", default="configs/inference/sd_xl_refiner.yaml", help="the refiner's config")
-    g.add_argument("--refiner_switch", type=float, default=0.8,
-                   help="share of the noise schedule the base denoises before the refiner takes over, in (0, 1)")
     g = p.add_argument_group("prompt")
     g.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt, or a text file of prompts, one a line")
     g.add_argument("--negative_prompt", default="", help="negative prompt (empty: zero unconditional embedding)")
@@ -98,9 +90,7 @@ def check_args(args):
     if not os.path.isfile(args.weight):
         raise UsageError(f"--weight {args.weight}: no such file (convert the official weights with "
                          "tools/convert_weight.py)")
-    check_roles(args)
-    inputs = [("--weight", args.weight), ("--config", args.config), ("--img", args.img),
-              ("--refiner_weight", args.refiner_weight), ("--refiner_config", args.refiner_config)]
+    inputs = [("--weight", args.weight), ("--config", args.config), ("--img", args.img)]
     inputs += [("--textual_inversion_weight", path) for path in args.textual_inversion_weight]
     inputs += [("--prompt", args.prompt)] if os.path.isfile(args.prompt) else []
     check_outputs([("--save_path", args.save_path)], inputs, kind="new_files")
@@ -110,28 +100,6 @@ def check_args(args):
         if not os.path.isfile(args.img):
             raise UsageError(f"--img {args.img}: no such file")
         check_value("--strength", args.strength, "probability")
-
-
-def check_roles(args):
-    """The base's weights in --weight, the refiner's in --refiner_weight (found by their text encoders), and a
-    --refiner_switch in (0, 1); the refiner only with txt2img."""
-    from gm.checkpoints.layout import weight_kind
-    from gm.refiner import check_switch
-
-    if weight_kind(args.weight) == "refiner":
-        raise UsageError(f"--weight {args.weight}: an SDXL refiner checkpoint; give the base model's weights as "
-                         "--weight and the refiner's as --refiner_weight")
-    if args.refiner_weight is None:
-        return
-    check_switch(args.refiner_switch)
-    if args.task != "txt2img":
-        raise UsageError(f"--refiner_weight: works with --task txt2img (got --task {args.task})")
-    if not os.path.isfile(args.refiner_weight):
-        raise UsageError(f"--refiner_weight {args.refiner_weight}: no such file (convert the official weights with "
-                         "tools/convert_weight.py)")
-    if weight_kind(args.refiner_weight) == "base":
-        raise UsageError(f"--refiner_weight {args.refiner_weight}: an SDXL base checkpoint; give the refiner's "
-                         "weights as --refiner_weight and the base model's as --weight")
 
 
 def read_prompts(prompt):
@@ -258,12 +226,6 @@ def main(argv=None):
     image = read_input_image(args.img) if args.task == "img2img" else None
     init_mindspore(args.device_target, args.ms_mode)
     sampler = SamplingPipeline(build_model(config, args.weight, args.ms_amp_level, args.amp_dtype))
-    if args.refiner_weight:
-        from gm.refiner import TwoStagePipeline
-
-        refiner = build_model(load_config(args.refiner_config), args.refiner_weight, args.ms_amp_level,
-                              args.amp_dtype)
-        sampler = TwoStagePipeline(sampler, SamplingPipeline(refiner), args.refiner_switch)
     height, width = image_size(args, config, image, sampler.size_multiple)
     if image is not None:
         image = image.resize((width, height), Image.BICUBIC)
