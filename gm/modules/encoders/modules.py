@@ -4,6 +4,7 @@ Names and config parameters follow generative-models (``sgm.modules.encoders.mod
 embedders are built from explicit sizes instead of downloaded pretrained models.
 """
 import numpy as np
+import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from gm.config import instantiate_from_config
@@ -11,6 +12,7 @@ from gm.errors import ConfigError
 from gm.modules.diffusionmodules.util import timestep_embedding
 from gm.modules.encoders.clip_text_model import CLIPTextModel
 from gm.modules.encoders.open_clip_text_model import OpenCLIPTextModel
+from gm.modules.encoders.prompt_chunks import chunk_rows, prompt_chunks
 from gm.modules.encoders.tokenizer import CLIPTokenizer
 
 EOS_TOKEN_ID = 49407
@@ -224,3 +226,60 @@ class GeneralConditioner(nn.Cell):
     def embed(self, batch):
         """``construct(*prepare(batch))``."""
         return self(*self.prepare(batch))
+
+    # -- prompts for sampling: weighted, of any length ---------------------------------------------
+    def num_chunks(self, prompt: str) -> int:
+        """How many chunks of 75 tokens ``prompt`` takes (see :mod:`gm.modules.encoders.prompt_chunks`)."""
+        return len(prompt_chunks(self.text_embedders[0].tokenizer, prompt, self.learned_words))
+
+    def prepare_prompts(self, batch: dict, num_chunks: int = 1) -> tuple:
+        """:meth:`prepare` for sampling: ``(inputs, weights)``.
+
+        Each prompt is read with its weights and in K chunks (K: the most any prompt takes, at least
+        ``num_chunks``; shorter prompts get empty chunks): the text inputs are [B K, 77] token rows, prompt
+        by prompt, the other inputs are repeated K times; ``weights`` holds one float32 [B, K, 77] array of
+        token weights per text embedder. :meth:`join_chunks` makes the output one context per prompt.
+        """
+        chunks = {}
+        for i, embedder in enumerate(self.embedders):
+            if isinstance(embedder, TextEmbedder):
+                texts = batch[embedder.input_key]
+                texts = [texts] if isinstance(texts, str) else texts
+                chunks[i] = [prompt_chunks(embedder.tokenizer, t, self.learned_words) for t in texts]
+        k = max([num_chunks] + [len(c) for per_prompt in chunks.values() for c in per_prompt])
+        inputs, weights = [], []
+        for i, embedder in enumerate(self.embedders):
+            if i in chunks:
+                rows = [chunk_rows(embedder.tokenizer, c, k) for c in chunks[i]]
+                inputs.append(Tensor(np.concatenate([ids for ids, _ in rows])))
+                weights.append(np.stack([w for _, w in rows]))
+            else:
+                value = batch[embedder.input_key]
+                value = value.asnumpy() if isinstance(value, Tensor) else value
+                inputs.append(Tensor(np.repeat(np.asarray(value, np.float32), k, axis=0)))
+        return tuple(inputs), weights
+
+    def join_chunks(self, context, vector, weights: list) -> tuple:
+        """The output of :meth:`construct` on :meth:`prepare_prompts`' inputs -> ``(context [B, 77 K, C],
+        vector [B, D])``: each text embedder's part of the context weighted (:func:`apply_weights`), each
+        prompt's chunks joined along the sequence, the vector (pooled text) of its first chunk."""
+        b, k, length = weights[0].shape
+        if any((w != 1).any() for w in weights):
+            widths = [e.embedding.weight.shape[1] for e in self.text_embedders]
+            if sum(widths) != context.shape[-1]:
+                raise ValueError(f"context width {context.shape[-1]} is not that of the text embedders {widths}")
+            bounds = np.cumsum([0] + widths).tolist()
+            context = ops.cat([apply_weights(context[..., bounds[i]:bounds[i + 1]], w.reshape(b * k, length))
+                               for i, w in enumerate(weights)], axis=-1)
+        if k == 1:
+            return context, vector
+        return context.reshape(b, k * length, -1), vector.reshape(b, k, -1)[:, 0]
+
+
+def apply_weights(context, weights):
+    """As AUTOMATIC1111: each token's hidden state [N, L, C] times its weight [N, L], then each sequence
+    rescaled so that its mean over tokens and channels is that of the unweighted one (computed in float32)."""
+    z = context.astype(ms.float32)
+    weighted = z * Tensor(weights[..., None])
+    scale = z.mean(axis=(1, 2), keep_dims=True) / weighted.mean(axis=(1, 2), keep_dims=True)
+    return (weighted * scale).astype(context.dtype)

@@ -186,10 +186,15 @@ class CLIPTokenizer:
         """int32 array [B, max_length]: BOS, ids truncated to ``max_length - 2``, EOS, ``pad_token_id``."""
         if isinstance(texts, str):
             texts = [texts]
-        out = np.full((len(texts), self.max_length), self.pad_token_id, np.int32)
-        for row, text in zip(out, texts):
-            ids = [self.bos_token_id, *self.encode(text)[:self.max_length - 2], self.eos_token_id]
-            row[:len(ids)] = ids
+        return self.rows([self.encode(text)[:self.max_length - 2] for text in texts])
+
+    def rows(self, id_lists):
+        """int32 array [B, max_length]: BOS, the ids of each list (at most ``max_length - 2``), EOS, padding."""
+        out = np.full((len(id_lists), self.max_length), self.pad_token_id, np.int32)
+        for row, ids in zip(out, id_lists):
+            if len(ids) > self.max_length - 2:
+                raise ValueError(f"{len(ids)} token ids do not fit {self.max_length} with the start and end markers")
+            row[:len(ids) + 2] = [self.bos_token_id, *ids, self.eos_token_id]
         return out
 
     def overflow(self, text):
