@@ -16,7 +16,9 @@ Formats (the names used by ``tools/export_embedding.py --format``):
                names (:data:`MINDONE_KEYS`), ``placeholder_token`` and ``num_vectors``.
 
 Rows are per encoder in SDXL's order (CLIP ViT-L first, OpenCLIP ViT-bigG second). A file made for a
-one-encoder model (SD 1.x: 768-wide vectors, SD 2.x: 1024-wide) is recognised and refused by name.
+one-encoder model (SD 1.x: 768-wide vectors, SD 2.x: 1024-wide) is recognised and refused by name as a
+learned word; :func:`read_one_encoder` reads one to start SDXL's encoder 1 (SD 1.x uses the same CLIP
+ViT-L/14 text tower).
 PyTorch pickles (``.pt``/``.bin``) are refused: reading them means running their code.
 """
 import os
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gm.checkpoints.weight_files import READERS, open_weights, write_ckpt, write_safetensors
-from gm.errors import WeightFileError
+from gm.errors import UsageError, WeightFileError
 from gm.textual_inversion.words import RULE, word_problem
 
 ENCODER_KEYS = ("clip_l", "clip_g")
@@ -35,6 +37,8 @@ ONE_ENCODER_FAMILIES = {768: "SD 1.x", 1024: "SD 2.x"}
 MINDONE_KEYS = ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.embedding_table",
                 "conditioner.embedders.1.model.token_embedding.embedding_table")
 DIFFUSERS_FILES = ("learned_embeds.safetensors", "learned_embeds_2.safetensors")
+DTYPES = {"fp32": np.float32, "fp16": np.float16}  # stored precision of written files (--dtype)
+EXTENSIONS = {"a1111": ".safetensors", "ours": ".ckpt", "mindone": ".ckpt"}  # diffusers: a folder
 FORMATS = {
     "ours": "this toolkit's _ti.ckpt",
     "a1111": "AUTOMATIC1111 / ComfyUI / kohya sd-scripts SDXL safetensors",
@@ -125,6 +129,39 @@ def read(path: str, need_word: bool = True) -> EmbeddingFile:
     return found
 
 
+def read_one_encoder(path: str) -> EmbeddingFile:
+    """The vectors of a one-text-encoder embedding (SD 1.x: CLIP ViT-L/14, SDXL's encoder 1) as
+    ``rows = [[N, D]]``: a ``.safetensors``/``.ckpt`` holding one [N, D] (or [D]) tensor, such as A1111 /
+    kohya ``emb_params`` or ``string_to_param.*``, or diffusers' ``learned_embeds.safetensors``
+    {token: vectors} (also its folder). :class:`WeightFileError` naming the file otherwise."""
+    if os.path.isdir(path):
+        file = os.path.join(path, DIFFUSERS_FILES[0])
+        if not os.path.isfile(file):
+            raise WeightFileError(f"{path}: a folder without {DIFFUSERS_FILES[0]} (diffusers' textual-inversion "
+                                  "output)")
+        path = file
+    if not os.path.isfile(path):
+        raise WeightFileError(f"{path}: no such embedding file or folder")
+    _refuse_pickle(path)
+    content = _read(path)
+    tensors = content["tensors"]
+    if set(ENCODER_KEYS) <= set(tensors) or set(MINDONE_KEYS) <= set(tensors):
+        raise WeightFileError(f"{path}: an SDXL embedding (vectors for both text encoders), not a one-encoder "
+                              "(SD 1.x) file; start from it with --initializer_file")
+    if content["too_large"] or len(tensors) != 1:
+        names = ", ".join(list(tensors)[:3]) + (" ..." if len(tensors) > 3 else "")
+        raise WeightFileError(f"{path}: expected one [N, D] tensor of vectors (emb_params, string_to_param.* or "
+                              f"diffusers' {{token: vectors}}), found {len(tensors)} ({names or 'none'})")
+    stored = next(iter(tensors.values()))
+    rows = stored.value.reshape(1, -1) if stored.value.ndim == 1 else stored.value
+    problem = _rows_problem(path, [rows], [stored.name])
+    if problem:
+        raise WeightFileError(problem)
+    token = stored.name if stored.name not in ("emb_params", "string_to_param.*", "*") else _stem(path)
+    family = ONE_ENCODER_FAMILIES.get(rows.shape[1], "unknown")
+    return EmbeddingFile(path, "one encoder", family, tensors, token, rows=[rows])
+
+
 def write(dst: str, token: str, rows: list, fmt: str, dtype=np.float32) -> list:
     """Write ``token``'s rows (one [N, D] array per encoder) as format ``fmt``; returns the files written.
 
@@ -156,6 +193,30 @@ def write(dst: str, token: str, rows: list, fmt: str, dtype=np.float32) -> list:
     for path, r in zip(paths, rows):
         write_safetensors(path, [(token, r.shape, dtype, lambda r=r: r)], metadata={"format": "pt"})
     return paths
+
+
+def output_path(dst: str, fmt: str, token: str, token_given: bool = True) -> tuple:
+    """(file or folder to write, the word a user writes in prompts) for ``token`` in format ``fmt`` at ``dst``
+    (``--dst``): a folder gets a file named after the token; an a1111 file's word is its file name, which a
+    given ``--token`` (``token_given``) must match. UsageError naming the flag otherwise."""
+    is_folder = os.path.isdir(dst) or dst.endswith(("/", os.sep))
+    if fmt == "diffusers":
+        if os.path.isfile(dst) or dst.lower().endswith((".safetensors", ".ckpt", ".bin")):
+            raise UsageError(f"--dst {dst}: diffusers' layout is a folder (it gets {' and '.join(DIFFUSERS_FILES)})")
+        return dst, token
+    ext = EXTENSIONS[fmt]
+    if is_folder:
+        name = file_word(token) if fmt == "a1111" else f"{file_word(token)}_ti"
+        dst = os.path.join(dst, name + ext)
+    elif not dst.lower().endswith(ext):
+        raise UsageError(f"--dst {dst}: a {fmt} file ends with {ext}")
+    if fmt != "a1111":
+        return dst, token
+    word = os.path.basename(dst)[:-len(ext)]
+    if token_given and token != word and not is_folder:
+        raise UsageError(f"--token {token!r}: an a1111 file's word is its file name ({word!r}); "
+                         f"name the file {file_word(token)}{ext} or give a folder as --dst")
+    return dst, word
 
 
 def file_word(token):
@@ -236,7 +297,7 @@ def _rows_problem(path, rows, names):
             return f"{path}: {name} holds no vectors (shape {list(r.shape)})"
         if not np.isfinite(r).all():
             return f"{path}: {name} holds NaN or infinite values"
-    if rows[0].shape[0] != rows[1].shape[0]:
+    if len(rows) == 2 and rows[0].shape[0] != rows[1].shape[0]:
         return (f"{path}: {names[0]} has {rows[0].shape[0]} vectors but {names[1]} has {rows[1].shape[0]}; "
                 "both text encoders need the same number")
     return None

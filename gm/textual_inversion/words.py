@@ -101,14 +101,30 @@ def check_vectors(name, num_vectors, templates=()):
                      + "); the vectors past the end would be cut off and never trained")
 
 
-def check_initializer(name, word):
-    """UsageError unless ``word`` (``--initializer_token``) is one token of the vocabulary, whose row a new word
-    can start from; its id otherwise."""
-    ids = _tokenizer().encode(word) if isinstance(word, str) else []
-    if len(ids) != 1:
-        raise UsageError(f"{name} {word!r} is {len(ids)} tokens; it must be a single token (an ordinary word such "
-                         "as toy or painting)")
-    return ids[0]
+def check_initializer(name, phrase):
+    """UsageError unless ``phrase`` (``--initializer_token``) is at least one token of the vocabulary, whose
+    rows a new word can start from (:func:`initializer_groups`); its ids otherwise."""
+    ids = _tokenizer().encode(phrase) if isinstance(phrase, str) else []
+    if not ids:
+        raise UsageError(f"{name} {phrase!r} is 0 tokens; give a word or phrase such as toy or 'plush toy cat'")
+    return ids
+
+
+def initializer_groups(num_tokens, num_vectors):
+    """Which of an initializer phrase's tokens each of a word's vectors starts from: one list of token
+    positions per vector, the phrase spread over the vectors in order.
+
+    Equal counts: one token each. Fewer vectors than tokens: each vector takes the mean of a run of
+    consecutive tokens (runs differ in length by at most one; one vector: the mean of the phrase). More
+    vectors than tokens: each token fills a run of consecutive vectors ("plush toy cat" over 6 vectors:
+    plush plush toy toy cat cat).
+    """
+    if num_vectors >= num_tokens:
+        return [[i * num_tokens // num_vectors] for i in range(num_vectors)]
+    groups = [[] for _ in range(num_vectors)]
+    for j in range(num_tokens):
+        groups[j * num_vectors // num_tokens].append(j)
+    return groups
 
 
 def slug(word):
