@@ -141,13 +141,13 @@ def test_every_format_reads_back_the_same_word(work):
 
 def test_every_format_starts_further_training(work):
     """--initializer_file takes any format: the trainer's starting rows are the file's."""
+    from gm.textual_inversion.embeddings import starting_rows
     from gm.textual_inversion.settings import Concept
-    from gm.textual_inversion.trainer import Trainer
 
     _, rows = load_ti(work["source"])
     for fmt in ("a1111", "diffusers", "mindone", "ours"):
         concept = Concept("<cat-toy-v2>", "unused", num_vectors=3, initializer_file=work[fmt])
-        for a, b in zip(Trainer._initial_rows(concept, WIDTHS), rows):
+        for a, b in zip(starting_rows(concept, WIDTHS), rows):
             np.testing.assert_array_equal(a, b)
 
 
@@ -384,8 +384,10 @@ def test_inspect_tool(work, tmp_path, capsys):
     assert len(blocks) == 4 and result.stderr == ""
     assert "format  ours" in blocks[0] and f"token   {TOKEN}" in blocks[0]
     assert f"vectors 3 per encoder: {TOKEN} {TOKEN}_1 {TOKEN}_2" in blocks[0]
-    norms = np.linalg.norm(load_ti(work["source"])[1][1], axis=1)
-    assert "clip_g  [3, 64] float32  norms " + " ".join(f"{x:.4g}" for x in norms) in blocks[0]
+    for key, rows in zip(("clip_l", "clip_g"), load_ti(work["source"])[1]):
+        lines = blocks[0].split(f"  {key}  [3, {rows.shape[1]}] float32\n", 1)[1].splitlines()[:3]
+        assert lines == [f"    {t:<11}  norm {np.linalg.norm(r):.4g}"
+                         for t, r in zip((TOKEN, f"{TOKEN}_1", f"{TOKEN}_2"), rows)], blocks[0]
     assert "format  a1111" in blocks[1] and f"token   cat-toy (the file name), trained as {TOKEN}" in blocks[1]
     assert "learned_embeds_2.safetensors" in blocks[2] and "format  diffusers" in blocks[2]
     assert "format  mindone" in blocks[3] and formats.MINDONE_KEYS[1] in blocks[3]
@@ -394,6 +396,7 @@ def test_inspect_tool(work, tmp_path, capsys):
                               str(tmp_path / "none.ckpt"), work["source"])
     assert code == 1
     assert "family  SD 1.x" in out and "usable  no: " in out and "looks like an SD 1.x" in out
+    assert "emb_params  [2, 768] float32  norms 27.71 27.71" in out
     assert err.strip() == f"error: {tmp_path / 'none.ckpt'}: no such embedding file or folder"
     assert "format  ours" in out
 
@@ -482,3 +485,160 @@ def test_metadata_of_exports(work):
     with open(work["a1111"], "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     assert header["__metadata__"] == {"format": "pt", "placeholder_token": TOKEN}
+
+
+def test_inspect_tool_lists_nearest_words(work, state, tmp_path, capsys):
+    """--weight: each vector's nearest vocabulary tokens by cosine in its encoder's table (a vector equal to
+    the row of "cat" has cat first at 1.00); an embedding of another model's widths gets a note instead."""
+    from gm.modules.encoders.tokenizer import load_vocab
+
+    ids = [load_vocab().ids[t] for t in ("cat</w>", "toy</w>")]
+    tables = [state[key] for key in TABLES]
+    path = str(tmp_path / "near_ti.ckpt")
+    formats.write(path, "<near>", [2 * tables[0][ids], tables[1][ids[::-1]]], "ours")
+    code, out, err = run_tool(capsys, "inspect_embedding.py", path, "--weight", work["weights"], "--nearest", "2")
+    assert code == 0, err
+    lines = [line.split() for line in out.splitlines() if "nearest" in line]
+    assert [(words[0], words[4], words[5], len(words)) for words in lines] == [
+        ("<near>", "cat", "1.00,", 8), ("<near>_1", "toy", "1.00,", 8),
+        ("<near>", "toy", "1.00,", 8), ("<near>_1", "cat", "1.00,", 8)], out
+    other = str(tmp_path / "wide_ti.ckpt")
+    formats.write(other, "<wide>", [np.ones((1, 768), np.float32), np.ones((1, 1280), np.float32)], "ours")
+    code, out, _ = run_tool(capsys, "inspect_embedding.py", other, "--weight", work["weights"])
+    assert code == 0 and out.count("nearest words not shown: the vectors are 768 wide, --weight's table 32") == 1
+    code, out, err = run_tool(capsys, "inspect_embedding.py", path, "--weight", str(tmp_path / "none.ckpt"))
+    assert code == 1 and out == "" and err == f"error: --weight {tmp_path / 'none.ckpt'}: no such file\n"
+
+
+TABLES = ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+          "conditioner.embedders.1.model.token_embedding.weight")
+
+
+def test_phrase_initialisation(work, state):
+    """--initializer_token "plush toy cat" (3 tokens): 3 vectors take one token each, 1 the mean of all,
+    2 the means of (plush, toy) and (cat), 6 repeat each token twice; one word fills every vector."""
+    from gm.modules.encoders.tokenizer import load_vocab
+    from gm.textual_inversion.words import initializer_groups
+
+    ms.set_context(mode=1)
+    engine = build_model(TINY_CONFIG, work["weights"])
+    ids = [load_vocab().ids[f"{w}</w>"] for w in ("plush", "toy", "cat")]
+    for n, picks in ((3, [[0], [1], [2]]), (1, [[0, 1, 2]]), (2, [[0, 1], [2]]), (6, [[0], [0], [1], [1], [2], [2]])):
+        assert initializer_groups(3, n) == picks
+        params = add_concept(engine.conditioner, f"<plush-{n}>", n, initializer_token="plush toy cat")
+        for param, key in zip(params, TABLES):
+            expected = np.stack([state[key][[ids[j] for j in group]].mean(0) for group in picks])
+            np.testing.assert_array_equal(param.asnumpy()[-n:], expected.astype(np.float32))
+    params = add_concept(engine.conditioner, "<cat-4>", 4, initializer_token="cat")
+    for param, key in zip(params, TABLES):
+        np.testing.assert_array_equal(param.asnumpy()[-4:], np.repeat(state[key][ids[2]][None], 4, 0))
+    assert initializer_groups(7, 3) == [[0, 1, 2], [3, 4], [5, 6]] and initializer_groups(2, 3) == [[0], [0], [1]]
+
+
+@pytest.mark.parametrize("layout", ["emb_params", "string_to_param", "diffusers_file", "diffusers_folder", "ckpt"])
+def test_one_encoder_files_are_read_for_encoder_1(tmp_path, layout):
+    """SD 1.x embeddings (one text encoder) in the layouts A1111, kohya and diffusers write; as a learned word
+    on their own they stay refused."""
+    rows = random_rows(7, 2, widths=(768,))[0]
+    path = tmp_path / "sd15.safetensors"
+    if layout == "emb_params":
+        save_numpy({"emb_params": rows}, str(path))
+    elif layout == "string_to_param":
+        save_numpy({"string_to_param.*": rows}, str(path))
+    elif layout == "diffusers_file":
+        rows = rows[:1]
+        save_numpy({"<sd15>": rows[0]}, str(path))
+    elif layout == "diffusers_folder":
+        path = tmp_path / "sd15_out"
+        path.mkdir()
+        save_numpy({"<sd15>": rows}, str(path / formats.DIFFUSERS_FILES[0]))
+    else:
+        path = tmp_path / "sd15_ti.ckpt"
+        write_ckpt(str(path), [("emb_params", rows), ("name", "sd15")])
+    found = formats.read_one_encoder(str(path))
+    assert found.family == "SD 1.x" and len(found.rows) == 1
+    np.testing.assert_array_equal(found.rows[0], rows)
+    assert found.token == ("<sd15>" if layout.startswith("diffusers") else path.stem)
+    assert "looks like an SD 1.x embedding" in error_of(path)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("sdxl", "an SDXL embedding (vectors for both text encoders)"),
+    ("two", "expected one [N, D] tensor of vectors (emb_params, string_to_param.* or diffusers' {token: "
+            "vectors}), found 2 (a, b)"),
+    ("nan", "emb_params holds NaN or infinite values"),
+    ("pickle", "PyTorch pickle"),
+])
+def test_bad_one_encoder_files(tmp_path, case, expected):
+    path = tmp_path / "bad.safetensors"
+    ones = np.ones((1, 768), np.float32)
+    if case == "pickle":
+        path = tmp_path / "sd15.pt"
+        path.write_bytes(b"\x80\x02" + b"\0" * 30)
+    else:
+        save_numpy({"sdxl": {"clip_l": ones, "clip_g": np.ones((1, 1280), np.float32)}, "two": {"a": ones, "b": ones},
+                    "nan": {"emb_params": ones * np.nan}}[case], str(path))
+    with pytest.raises(WeightFileError) as e:
+        formats.read_one_encoder(str(path))
+    assert str(e.value).startswith(f"{path}: ") and expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_merge_tool_round_trips(work, tmp_path, capsys):
+    """concat: every source's vectors in --src order, per encoder; mean: vector i the mean of the sources' i;
+    any format in (here ours + a1111 + diffusers) and out."""
+    _, a = load_ti(work["source"])
+    b_path = str(tmp_path / "b_ti.ckpt")
+    formats.write(b_path, "<b-word>", random_rows(11, 3), "ours")
+    b = load_ti(b_path)[1]
+    code, out, err = run_tool(capsys, "merge_embedding.py", "--src", work["a1111"], b_path, "--mode", "concat",
+                              "--format", "diffusers", "--dst", str(tmp_path / "both"), "--token", "<both>")
+    assert code == 0, err
+    assert "word in prompts: <both>" in out and "clip_l [6, 32], clip_g [6, 64]" in out
+    token, rows = load_ti(str(tmp_path / "both"), WIDTHS)
+    assert token == "<both>"
+    for merged, x, y in zip(rows, a, b):
+        np.testing.assert_array_equal(merged, np.concatenate([x, y]))
+    code, out, err = run_tool(capsys, "merge_embedding.py", "--src", work["diffusers"], b_path, work["mindone"],
+                              "--mode", "mean", "--format", "a1111", "--dst", str(tmp_path) + "/", "--token", "<avg>")
+    assert code == 0, err
+    token, rows = load_ti(str(tmp_path / "avg.safetensors"), WIDTHS)
+    assert token == "avg"
+    for merged, x, y in zip(rows, a, b):
+        np.testing.assert_allclose(merged, (2 * x.astype(np.float64) + y) / 3, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("one", "--src {a}: give two or more files to merge"),
+    ("counts", "--mode mean: {short} has 1 vectors but {a} has 3; averaging needs equal counts"),
+    ("widths", "{wide}: clip_l vectors are 768 wide but {a}'s are 32 (embeddings of different models)"),
+    ("too_many", "--mode concat: the merged word's vectors 78: at most 75 vectors fit"),
+    ("token", "--token 'cat' is already a word of the vocabulary"),
+    ("sd1", "{sd1}: looks like an SD 1.x embedding"),
+    ("dst_is_src", "--dst {a}: is also --src {a}"),
+])
+def test_merge_tool_errors(work, tmp_path, capsys, case, expected):
+    paths = {"a": work["source"], "short": str(tmp_path / "short_ti.ckpt"), "wide": str(tmp_path / "wide_ti.ckpt"),
+             "long": str(tmp_path / "long_ti.ckpt"), "sd1": str(tmp_path / "sd1.safetensors")}
+    formats.write(paths["short"], "<short>", random_rows(1, 1), "ours")
+    formats.write(paths["wide"], "<wide>", random_rows(1, 3, widths=(768, 1280)), "ours")
+    formats.write(paths["long"], "<long>", random_rows(1, 75), "ours")
+    save_numpy({"emb_params": np.ones((3, 768), np.float32)}, paths["sd1"])
+    before = sorted(os.listdir(tmp_path))
+    src, mode, token, dst = [paths["a"], paths["short"]], "concat", "<m>", str(tmp_path / "m_ti.ckpt")
+    if case == "one":
+        src = [paths["a"]]
+    elif case == "counts":
+        mode = "mean"
+    elif case in ("widths", "sd1"):
+        src = [paths["a"], paths["wide" if case == "widths" else "sd1"]]
+    elif case == "too_many":
+        src = [paths["a"], paths["long"]]
+    elif case == "token":
+        token = "cat"
+    elif case == "dst_is_src":
+        dst = paths["a"]
+    code, out, err = run_tool(capsys, "merge_embedding.py", "--src", *src, "--mode", mode, "--format", "ours",
+                              "--dst", dst, "--token", token)
+    assert code == 1 and out == "" and err.count("\n") == 1 and err.startswith("error: "), err
+    assert expected.format(**paths) in err, err
+    assert sorted(os.listdir(tmp_path)) == before

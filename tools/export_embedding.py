@@ -17,20 +17,11 @@ diffusers learned_embeds pair or its folder, mindone's _ti.ckpt). --format:
 A --dst folder gets a file named after the token. Files appear only when complete.
 """
 import argparse
-import os
-
-
-import numpy as np
 
 from gm.checks import check_outputs
 from gm.cli import ArgumentParser, run
-from gm.errors import UsageError
 from gm.textual_inversion import formats
 from gm.textual_inversion.words import check_word
-
-DTYPES = {"fp32": np.float32, "fp16": np.float16}
-EXTENSIONS = {"a1111": ".safetensors", "ours": ".ckpt", "mindone": ".ckpt"}
-
 
 def parser():
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -41,32 +32,8 @@ def parser():
     p.add_argument("--dst", required=True, help="output file, or folder (diffusers: always a folder)")
     p.add_argument("--token", default=None,
                    help="the word to store (default: the source's); for a1111 the file name is the word")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="stored precision (default fp32)")
+    p.add_argument("--dtype", choices=sorted(formats.DTYPES), default="fp32", help="stored precision (default fp32)")
     return p
-
-
-def destination(args, token):
-    """(output path, the word a user writes in prompts)."""
-    dst, fmt = args.dst, args.format
-    is_folder = os.path.isdir(dst) or dst.endswith(("/", os.sep))
-    if fmt == "diffusers":
-        if os.path.isfile(dst) or dst.lower().endswith((".safetensors", ".ckpt", ".bin")):
-            raise UsageError(f"--dst {dst}: diffusers' layout is a folder (it gets "
-                             f"{' and '.join(formats.DIFFUSERS_FILES)})")
-        return dst, token
-    ext = EXTENSIONS[fmt]
-    if is_folder:
-        name = formats.file_word(token) if fmt == "a1111" else f"{formats.file_word(token)}_ti"
-        dst = os.path.join(dst, name + ext)
-    elif not dst.lower().endswith(ext):
-        raise UsageError(f"--dst {dst}: a {fmt} file ends with {ext}")
-    if fmt != "a1111":
-        return dst, token
-    word = os.path.basename(dst)[:-len(ext)]
-    if args.token is not None and args.token != word and not is_folder:
-        raise UsageError(f"--token {args.token!r}: an a1111 file's word is its file name ({word!r}); "
-                         f"name the file {formats.file_word(args.token)}{ext} or give a folder as --dst")
-    return dst, word
 
 
 def main(argv=None):
@@ -78,12 +45,12 @@ def main(argv=None):
     else:
         check_word(f"--src {args.src}: its token", found.token, count, hint="give the vectors a new word with --token")
     token = args.token if args.token is not None else found.token
-    dst, word = destination(args, token)
+    dst, word = formats.output_path(args.dst, args.format, token, token_given=args.token is not None)
     if word != token:
         check_word(f"--dst {dst}: its word", word, count,
                    hint="an a1111 file's word is its file name; choose another --token or --dst name")
     check_outputs([("--dst", dst)], [("--src", args.src)], "folder" if args.format == "diffusers" else "file")
-    paths = formats.write(dst, token, found.rows, args.format, DTYPES[args.dtype])
+    paths = formats.write(dst, token, found.rows, args.format, formats.DTYPES[args.dtype])
     shapes = ", ".join(f"{key} {list(r.shape)}" for key, r in zip(formats.ENCODER_KEYS, found.rows))
     print(f"read {args.src} ({found.format}: {found.token}); wrote {args.format} {', '.join(paths)} ({shapes}, "
           f"{args.dtype}); word in prompts: {word}")
