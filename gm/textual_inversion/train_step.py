@@ -11,19 +11,21 @@ from mindspore import ParameterTuple, Tensor, nn, ops
 
 
 class TILoss(nn.Cell):
-    """Mean loss of a micro-batch, from cached VAE moments, noise and the conditioner inputs."""
+    """Mean loss of a micro-batch, from cached VAE moments, noise and the conditioner inputs; each sample's
+    loss times its ``weight`` (min-SNR factors, :func:`gm.modules.diffusionmodules.loss.min_snr_weights`;
+    ones for the plain loss)."""
 
     def __init__(self, engine):
         super().__init__()
         self.engine = engine
         self.scale_factor = engine.scale_factor
 
-    def construct(self, mean, logvar, latent_noise, noise, sigma, *cond_inputs):
+    def construct(self, mean, logvar, latent_noise, noise, sigma, weight, *cond_inputs):
         x0 = (mean + ops.exp(0.5 * logvar) * latent_noise) * self.scale_factor
         context, vector = self.engine.conditioner(*cond_inputs)
         x = x0 + noise * sigma.reshape(-1, 1, 1, 1)
         denoised = self.engine.denoise(x, sigma, context, vector)
-        return self.engine.loss_fn(denoised, x0, sigma).mean()
+        return (self.engine.loss_fn(denoised, x0, sigma) * weight).mean()
 
 
 class LossAndGrads(nn.Cell):
@@ -75,6 +77,20 @@ class ClippedAdamW(nn.Cell):
     def load_state(self, arrays):
         for param, value in zip((*self.exp_avg, *self.exp_avg_sq), arrays):
             param.set_data(Tensor(value, param.dtype))
+
+
+class PreserveNorm(nn.Cell):
+    """``--preserve_norm``: after each optimiser step, every learned row rescaled to its encoder's ``norms``
+    value (the mean norm of the encoder's ordinary word rows), keeping its direction."""
+
+    def __init__(self, params, norms):
+        super().__init__()
+        self.params = ParameterTuple(params)
+        self.norms = tuple(float(n) for n in norms)
+
+    def construct(self):
+        for param, norm in zip(self.params, self.norms):
+            ops.assign(param, param * (norm / ops.norm(param, dim=1, keepdim=True)))
 
 
 def learning_rate(step, base_lr, total_steps, warmup_steps=0, schedule="constant"):

@@ -1,4 +1,5 @@
-"""The diffusion training loss of generative-models."""
+"""The diffusion training loss of generative-models, and min-SNR-gamma loss weights."""
+import numpy as np
 from mindspore import nn
 
 from gm.config import instantiate_from_config
@@ -23,3 +24,13 @@ class StandardDiffusionLoss(nn.Cell):
     def construct(self, denoised, target, sigma):
         w = self.loss_weighting(sigma).reshape(-1, 1, 1, 1)
         return (w * (denoised - target) ** 2).reshape(target.shape[0], -1).mean(axis=1)
+
+
+def min_snr_weights(sigma, gamma=None):
+    """Per-sample factors on the eps loss: min(SNR, gamma) / SNR with SNR = sigma^-2 (min-SNR-gamma, Hang et
+    al. 2023, for eps prediction; x = x0 + sigma * eps); all 1 when ``gamma`` is None (the plain loss)."""
+    sigma = np.asarray(sigma, np.float64)
+    if gamma is None:
+        return np.ones(sigma.shape, np.float32)
+    snr = sigma ** -2.0
+    return (np.minimum(snr, gamma) / snr).astype(np.float32)
