@@ -3,7 +3,8 @@
     weights/{version}_{step}_ti.ckpt   learned vectors (at most max_num_ckpt kept); with several
                                        concepts, weights/{concept}/... and samples/{concept}/...
     train_state.ckpt                   vectors + optimiser moments + step, for --resume
-    loss.csv, loss.png                 loss log and curve
+    weights/best_ti.ckpt               the vectors of the best evaluated step (--best_by)
+    loss.csv, loss.png                 loss log (one row per step; telemetry columns) and its plot
     samples/step_{step}.png            images for a fixed prompt and seed (--infer_during_train)
     samples/progression.png            one row per inference step: the concept appearing
 """
@@ -16,8 +17,10 @@ from PIL import Image
 
 from gm.errors import UsageError, warn
 from gm.files import atomic_output
-from gm.images import loss_curve, make_grid, save_png
+from gm.images import make_grid, save_png
 
+# The first columns of loss.csv; the trainer adds its telemetry columns after them (norm_clip_l_0, ...,
+# validation_loss, ...), empty where a step has no value.
 LOG_FIELDS = ("step", "loss", "lr", "step_seconds")
 # Files whose presence means --save_path holds a run; with the loss curve and samples, what
 # --overwrite True removes (nothing else in the folder is touched).
@@ -49,29 +52,43 @@ def clear_run(save_path):
         os.remove(path)
 
 
-def _log_row(line):
-    """(step, loss, lr, seconds) of a loss.csv line, or None if it is not a complete row."""
+def _log_row(line, header):
+    """{column: value} of a loss.csv line (None for an empty cell), or None if it is not a complete row
+    (a step and a loss at least)."""
     fields = line.split(",")
-    if len(fields) != len(LOG_FIELDS):
+    if len(fields) != len(header):
         return None
     try:
-        return int(fields[0]), float(fields[1]), float(fields[2]), float(fields[3])
+        row = {name: float(v) if v else None for name, v in zip(header, fields)}
+        row["step"] = int(fields[0])
     except ValueError:
         return None
+    return row if row.get("loss") is not None else None
+
+
+def _cell(name, value):
+    if value is None:
+        return ""
+    if name == "step":
+        return str(int(value))
+    return f"{value:.3f}" if name == "step_seconds" else f"{value:.6f}" if name == "loss" else f"{value:.6g}"
 
 
 class RunOutputs:
     """Files of one run; everything is written atomically except the appended loss log."""
 
-    def __init__(self, save_path, version, concept=None):
-        """``concept`` names a sub-folder of weights/ and samples/ (runs learning several words)."""
+    def __init__(self, save_path, version, concept=None, columns=()):
+        """``concept`` names a sub-folder of weights/ and samples/ (runs learning several words);
+        ``columns``: loss.csv's columns after :data:`LOG_FIELDS`."""
         self.root = save_path
         self.version = version
+        self.columns = tuple(columns)
         self.weights_dir = os.path.join(save_path, "weights", *([concept] if concept else []))
         self.samples_dir = os.path.join(save_path, "samples", *([concept] if concept else []))
         self.state_path = os.path.join(save_path, "train_state.ckpt")
         self.loss_path = os.path.join(save_path, "loss.csv")
         self.curve_path = os.path.join(save_path, "loss.png")
+        self.best_path = os.path.join(self.weights_dir, "best_ti.ckpt")
 
     def ti_path(self, step):
         return os.path.join(self.weights_dir, f"{self.version}_{step}_ti.ckpt")
@@ -90,17 +107,23 @@ class RunOutputs:
         for step in self.saved_steps()[:-max_num_ckpt]:
             os.remove(self.ti_path(step))
 
+    @property
+    def fields(self):
+        return LOG_FIELDS + self.columns
+
     def read_log(self):
-        """Rows (step, loss, lr, seconds) of loss.csv in increasing step order. A torn or unreadable
-        row (a run killed while appending) is dropped, with one warning line."""
+        """Rows ({column: value}) of loss.csv in increasing step order, by the file's own header (a file
+        without one has :data:`LOG_FIELDS`). A torn or unreadable row (a run killed while appending) is
+        dropped, with one warning line."""
         if not os.path.isfile(self.loss_path):
             return []
         with open(self.loss_path, encoding="utf-8", errors="replace") as f:
             lines = [line.strip() for line in f.read().splitlines() if line.strip()]
+        header = lines[0].split(",") if lines and lines[0].startswith("step,") else None
         rows, dropped = [], 0
-        for line in lines[1:] if lines and lines[0] == ",".join(LOG_FIELDS) else lines:
-            row = _log_row(line)
-            if row is None or (rows and row[0] <= rows[-1][0]):
+        for line in lines[1:] if header else lines:
+            row = _log_row(line, header or LOG_FIELDS)
+            if row is None or (rows and row["step"] <= rows[-1]["step"]):
                 dropped += 1
             else:
                 rows.append(row)
@@ -108,30 +131,27 @@ class RunOutputs:
             warn(f"{self.loss_path}: dropped {dropped} unreadable row(s) (a run stopped while writing it?)")
         return rows
 
-    def read_losses(self):
-        """(steps, losses) logged so far."""
-        rows = self.read_log()
-        return [r[0] for r in rows], [r[1] for r in rows]
-
     def start_loss_log(self, resume_step):
-        """Keep the log rows up to ``resume_step`` (every later step is trained again)."""
-        rows = [r for r in self.read_log() if r[0] <= resume_step] if resume_step else []
+        """Keep the log rows up to ``resume_step`` (every later step is trained again), in this run's
+        columns (a column the earlier rows lack is left empty)."""
+        rows = [r for r in self.read_log() if r["step"] <= resume_step] if resume_step else []
         with atomic_output(self.loss_path) as tmp, open(tmp, "w", newline="\n") as f:
-            f.write(",".join(LOG_FIELDS) + "\n")
+            f.write(",".join(self.fields) + "\n")
             for row in rows:
-                f.write(self._format(*row))
+                f.write(self._format(row))
 
-    def log_loss(self, step, loss, lr, seconds):
+    def log_row(self, row):
+        """Append one step's row ({column: value}; missing columns are left empty)."""
         with open(self.loss_path, "a", newline="\n") as f:
-            f.write(self._format(step, loss, lr, seconds))
+            f.write(self._format(row))
 
-    @staticmethod
-    def _format(step, loss, lr, seconds):
-        return f"{step},{loss:.6f},{lr:.6g},{seconds:.3f}\n"
+    def _format(self, row):
+        return ",".join(_cell(name, row.get(name)) for name in self.fields) + "\n"
 
     def save_loss_curve(self):
-        steps, losses = self.read_losses()
-        save_png(loss_curve(steps, losses), self.curve_path)
+        from gm.textual_inversion.plot import save_plot  # matplotlib, imported only when a plot is drawn
+
+        save_plot(self.read_log(), self.curve_path)
 
     def save_samples(self, step, images):
         """Images of one inference step, and the progression grid of all steps so far."""
