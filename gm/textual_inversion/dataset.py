@@ -326,9 +326,13 @@ class TIDataset:
 
     def size_conditioning(self, view_ids):
         """SDXL's size/crop inputs of views, as float32 [n, 2] arrays keyed by conditioner input key."""
-        views = [self.views[i] for i in view_ids]
-        return {
-            "original_size_as_tuple": np.asarray([v.original_size for v in views], np.float32),
-            "crop_coords_top_left": np.asarray([v.crop_coords_top_left for v in views], np.float32),
-            "target_size_as_tuple": np.asarray([v.target_size for v in views], np.float32),
-        }
+        return size_conditioning([self.views[i] for i in view_ids])
+
+
+def size_conditioning(views):
+    """SDXL's size/crop inputs of :class:`View` s, as float32 [n, 2] arrays keyed by conditioner input key."""
+    return {
+        "original_size_as_tuple": np.asarray([v.original_size for v in views], np.float32),
+        "crop_coords_top_left": np.asarray([v.crop_coords_top_left for v in views], np.float32),
+        "target_size_as_tuple": np.asarray([v.target_size for v in views], np.float32),
+    }

@@ -1,5 +1,6 @@
 """The resume state of a run (``train_state.ckpt``): the learned rows, the optimiser moments, the step, the
-seed and the concepts they belong to; written atomically, read back with every check (one-line errors)."""
+seed, the concepts they belong to and the best evaluated step so far with its value; written atomically,
+read back with every check (one-line errors)."""
 import os
 
 import numpy as np
@@ -13,17 +14,21 @@ def identity(concepts):
     return "\n".join(f"{c.placeholder_token} {c.num_vectors}" for c in concepts)
 
 
-def write_state(path, rows, moments, step, seed, concepts):
-    """Write the state of ``concepts`` at ``step`` (rows and moments: lists of arrays)."""
+def write_state(path, rows, moments, step, seed, concepts, best=None):
+    """Write the state of ``concepts`` at ``step`` (rows and moments: lists of arrays; ``best``: the best
+    evaluated (step, value) so far, or None)."""
     items = [(f"rows_{i}", r) for i, r in enumerate(rows)]
     items += [(f"moment_{i}", m) for i, m in enumerate(moments)]
     items += [("step", np.asarray(step, np.int64)), ("seed", np.asarray(seed, np.int64)),
               ("placeholder_token", identity(concepts))]
+    if best is not None:
+        items += [("best_step", np.asarray(best[0], np.int64)), ("best_value", np.asarray(best[1], np.float64))]
     write_ckpt(path, items)
 
 
 def read_state(path, concepts):
-    """The state at ``path`` as {"step", "rows_i", "moment_i"}, checked to be a state of ``concepts``."""
+    """The state at ``path`` as {"step", "rows_i", "moment_i", "best"}, checked to be a state of ``concepts``
+    ("best": (step, value), or None in a state without one)."""
     if not os.path.isfile(path):
         raise UsageError(f"--resume: no saved state at {path} (nothing to resume in --save_path)")
     with open_weights(path) as reader:
@@ -41,6 +46,9 @@ def read_state(path, concepts):
             raise UsageError(f"--resume: {path} holds no valid step; it is not a training state of this "
                              "toolkit (start a new run with --overwrite True)")
         state["step"] = int(step.reshape(()))
+        keys = reader.keys()
+        state["best"] = ((int(np.asarray(reader.get("best_step"))), float(np.asarray(reader.get("best_value"))))
+                         if "best_step" in keys and "best_value" in keys else None)
     return state
 
 

@@ -88,6 +88,13 @@ def score(concept, wanted, pictures):
     return shares
 
 
+def attribute_share(concept, scores):
+    """Mean, over the test prompts' ``scores`` ({measure: score}) and the concept's attributes, of the share
+    of samples showing that attribute: a graded reading that moves before whole concepts appear."""
+    single = len(concept.attributes) == 1
+    return float(np.mean([v["concept"] if single else v[a] for v in scores.values() for a in concept.attributes]))
+
+
 def measure(pipeline, concept, word, samples=32, size=64, steps=20, guidance=5.0, seed=0, sampler="euler"):
     """Sample each test prompt ``samples`` times with ``word`` (a learned token, or plain words) and score
     the pictures: ({measure: score}, {measure: pictures}); see :meth:`ToyConcept.test_prompts`."""
