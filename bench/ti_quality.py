@@ -1,6 +1,7 @@
 """How fast and how well a word is learned: concept score against optimiser steps, ours against diffusers'.
 
     python bench/ti_quality.py [--concept toy_star] [--steps 0,50,100,200,400] [--samples 32]
+    python bench/ti_quality.py --sides ours --ours_args "--preserve_norm True"   # measure a trainer option
 
 Both sides learn the same toy-world concept (``gm/toyworld/concepts.py``) from the same pictures on the
 same toy SDXL checkpoint (``checkpoints/sd_xl_toy.safetensors``):
@@ -25,6 +26,7 @@ import glob
 import itertools
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -48,7 +50,7 @@ def train_ours(args, concept, work):
                "--placeholder_token", WORD[concept.name], "--initializer_token", concept.initializer_token,
                "--learnable_property", concept.learnable_property, "--total_step", str(max(steps)),
                "--save_ckpt_interval", str(interval), "--max_num_ckpt", str(len(steps) * max(steps)),
-               "--save_path", work, "--seed", str(args.seed), "--device_target", "CPU"]
+               "--save_path", work, "--seed", str(args.seed), "--device_target", "CPU", *shlex.split(args.ours_args)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     files = {int(re.search(r"_(\d+)_ti\.ckpt$", p).group(1)): p for p in glob.glob(os.path.join(work, "weights", "*"))}
     with open(os.path.join(work, "loss.csv")) as f:
@@ -108,6 +110,8 @@ def main():
                    help="what a sample must show: concept (every attribute) or some, e.g. colour+pattern "
                         "(the toy model cannot draw shapes yet)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ours_args", default="",
+                   help="more flags for our trainer, e.g. \"--preserve_norm True --snr_gamma 5\" (to measure them)")
     p.add_argument("--config", default=os.path.join(ROOT, "configs/inference/sd_xl_toy.yaml"))
     p.add_argument("--train_config", default=os.path.join(ROOT, "configs/training/sd_xl_toy_finetune_textual_inversion.yaml"))
     p.add_argument("--weight", default=os.path.join(ROOT, "checkpoints/sd_xl_toy.safetensors"))
