@@ -53,6 +53,14 @@ def add_device_args(group):
                        help="low-precision type of --ms_amp_level O2/O3 (bfloat16: Ascend 910B, GPU)")
 
 
+def add_compile_cache_arg(group):
+    """``--compile_cache DIR|off``: where compiled graphs are kept between runs (gm.compile_cache)."""
+    group.add_argument("--compile_cache", default=None, metavar="DIR",
+                       help="folder of compiled graphs reused by a later run with the same model, shapes and "
+                            "settings (graph mode; one sub-folder per key; delete it to clear); off: no cache "
+                            "(default: $SDXL_TI_COMPILE_CACHE, else ~/.cache/sdxl_ti/compile)")
+
+
 def run(main):
     """Call ``main()``; known bad-input errors become ``error: ...`` on stderr and exit code 1."""
     try:
