@@ -1,5 +1,7 @@
 """demo/sampling.py: Streamlit's AppTest (render, prompt, generate, download), and the real server
-started headless (HTTP page, health endpoint, script runs over its websocket: render, then generate)."""
+started headless (HTTP page, health endpoint, script runs over its websocket: render, then generate).
+The app in a real browser: tests/test_app_in_browser.py."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -120,6 +122,39 @@ def get(url, timeout=2):
     return status, body.decode()
 
 
+@contextlib.contextmanager
+def served_app(log_path, env, *flags):
+    """``streamlit run demo/sampling.py --server.headless true`` on a free port, with the variables ``env`` added
+    to this environment less PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION (the app must import MindSpore itself) and
+    the app's ``flags`` after ``--``: its address once the health check answers ok; the server is stopped after."""
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
+                                   "--server.port", str(port), "--server.address", "127.0.0.1",
+                                   "--browser.gatherUsageStats", "false", "--", *flags],
+                                  cwd=ROOT, env={**environment, **env}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 300  # a crash ends the wait at once; a loaded machine starts slowly
+            while True:
+                try:
+                    health = get(f"{url}/_stcore/health")
+                    break
+                except OSError:
+                    assert server.poll() is None and time.monotonic() < deadline, open(log_path).read()
+                    time.sleep(0.5)
+            assert health == (200, "ok")
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
 def script_run(ws, message, forward_type):
     """Send one BackMsg asking for a script run; the new elements until it finished successfully."""
     message.rerun_script.query_string = ""
@@ -138,36 +173,17 @@ def script_run(ws, message, forward_type):
 
 @pytest.mark.slow
 def test_headless_server_serves_the_app(files, tmp_path):
-    """``streamlit run demo/sampling.py --server.headless true``: the page, the health check, and a script run.
-
-    The server gets no PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION: the app must import MindSpore itself.
-    """
+    """``streamlit run demo/sampling.py --server.headless true``: the page, the health check, and a script run."""
     from streamlit.proto.BackMsg_pb2 import BackMsg
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
     from websockets.sync.client import connect
 
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
-    env.update(SDXL_CONFIG=TRAIN_CONFIG, SDXL_WEIGHT=files["weights"], SDXL_TI_WEIGHTS=files["cat"], SDXL_MS_MODE="1")
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", APP, "--server.headless", "true",
-                               "--server.port", str(port), "--server.address", "127.0.0.1",
-                               "--browser.gatherUsageStats", "false"],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = get(f"http://127.0.0.1:{port}/_stcore/health")
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-                time.sleep(0.5)
-        assert health == (200, "ok")
-        status, page = get(f"http://127.0.0.1:{port}/")
+    with served_app(tmp_path / "server.log", dict(SDXL_CONFIG=TRAIN_CONFIG, SDXL_WEIGHT=files["weights"],
+                                                 SDXL_TI_WEIGHTS=files["cat"], SDXL_MS_MODE="1")) as url:
+        status, page = get(url)
         assert status == 200 and "<title>Streamlit</title>" in page and '<div id="root">' in page
 
-        with connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"], max_size=None) as ws:
+        with connect(url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"], max_size=None) as ws:
             elements = script_run(ws, BackMsg(), ForwardMsg)
             types = [e.WhichOneof("type") for e in elements]
             assert "exception" not in types and "alert" not in types, [str(e) for e in elements if e.alert.body]
@@ -186,13 +202,5 @@ def test_headless_server_serves_the_app(files, tmp_path):
             assert "exception" not in types, [str(e) for e in elements if e.WhichOneof("type") == "exception"]
             (images,) = [e.imgs for e in elements if e.WhichOneof("type") == "imgs"]
             assert len(images.imgs) == 1 and images.imgs[0].url.startswith("/media/")
-            status, png = get_bytes(f"http://127.0.0.1:{port}{images.imgs[0].url}")
+            status, png = get_bytes(url + images.imgs[0].url)
             assert status == 200 and png.startswith(b"\x89PNG")
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
