@@ -2,9 +2,10 @@
 
     python tools/convert_weight.py --src sd_xl_base_1.0.safetensors --dst checkpoints/sd_xl_base_1.0_ms.ckpt
     python tools/convert_weight.py --src stable-diffusion-xl-base-1.0/ --dst checkpoints/sd_xl_base_1.0_ms.ckpt
+    python tools/convert_weight.py --src sd_xl_refiner_1.0.safetensors --dst checkpoints/sd_xl_refiner_1.0_ms.ckpt
 
-SRC is the official single file or a diffusers-layout folder (unet/, vae/, text_encoder/,
-text_encoder_2/ with safetensors files; fp16 variants are fine). Every key is checked against
+SRC is the official single file or a diffusers-layout folder (unet/, vae/, text_encoder/ (not for the
+refiner), text_encoder_2/ with safetensors files; fp16 variants are fine). Every key is checked against
 the model config before anything is written; tensors are then converted one at a time (about
 one tensor in memory), and DST appears only when complete.
 """
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gm.checkpoints.diffusers_layout import source_of
-from gm.checkpoints.layout import check_layout, official_layout
+from gm.checkpoints.layout import check_layout, official_layout, weight_kind
 from gm.checkpoints.weight_files import SafetensorsReader, write_ckpt
 from gm.checks import check_outputs
 from gm.cli import ArgumentParser, run
@@ -25,7 +26,7 @@ from gm.config import load_config
 from gm.errors import UsageError, WeightFileError
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
-FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2")
+BASE_CONFIG, REFINER_CONFIG = "configs/inference/sd_xl_base.yaml", "configs/inference/sd_xl_refiner.yaml"
 
 
 class SingleFileSource:
@@ -49,12 +50,12 @@ class SingleFileSource:
 class DiffusersSource:
     """A diffusers folder: each official key is rebuilt from its diffusers tensor(s)."""
 
-    def __init__(self, path, num_res_blocks, vae_levels):
+    def __init__(self, path, num_res_blocks, vae_levels, keys):
         self.path = path
         self.num_res_blocks, self.vae_levels = num_res_blocks, vae_levels
         self.readers = {}
         try:
-            for folder in FOLDERS:
+            for folder in sorted({source_of(k, num_res_blocks, vae_levels)[0] for k in keys}):
                 self.readers[folder] = self._open_folder(folder)
         except WeightFileError:
             self.close()
@@ -112,17 +113,28 @@ class DiffusersSource:
                 reader.close()
 
 
-def open_source(src, config):
-    """The single file or diffusers folder at ``src``."""
+def open_source(src, config, keys):
+    """The single file or diffusers folder at ``src`` (for a folder: the subfolders ``keys`` come from)."""
     if os.path.isdir(src):
         unet = config.model.params.network_config.params
         vae = config.model.params.first_stage_config.params.ddconfig
-        return DiffusersSource(src, unet.num_res_blocks, len(vae.ch_mult))
+        return DiffusersSource(src, unet.num_res_blocks, len(vae.ch_mult), keys)
     if not os.path.exists(src):
         raise UsageError(f"--src {src}: no such file or folder")
     if not src.endswith(".safetensors"):
         raise UsageError(f"--src {src}: expected an .safetensors file or a diffusers folder")
     return SingleFileSource(src)
+
+
+def default_config(src):
+    """The model config for ``src`` when no --config is given: SDXL refiner's for a refiner file or folder (its
+    one text encoder is OpenCLIP's), else SDXL base's."""
+    if os.path.isdir(src):
+        folders = [os.path.isdir(os.path.join(src, name)) for name in ("text_encoder", "text_encoder_2")]
+        refiner = folders == [False, True]
+    else:
+        refiner = src.endswith(".safetensors") and os.path.isfile(src) and weight_kind(src) == "refiner"
+    return REFINER_CONFIG if refiner else BASE_CONFIG
 
 
 def convert(src, dst, config_path, dtype="fp32"):
@@ -132,7 +144,7 @@ def convert(src, dst, config_path, dtype="fp32"):
     check_outputs([("--dst", dst)], [("--src", src), ("--config", config_path)])
     config = load_config(config_path)
     layout = {k: shape for k, (shape, kind) in official_layout(config).items() if kind == "weight"}
-    source = open_source(src, config)
+    source = open_source(src, config, layout)
     try:
         check_layout(layout, source.shapes(layout), src)
         target = DTYPES[dtype]
@@ -156,14 +168,16 @@ def convert(src, dst, config_path, dtype="fp32"):
 
 def main():
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", required=True, help="sd_xl_base_1.0.safetensors or a diffusers-layout folder")
+    parser.add_argument("--src", required=True, help="sd_xl_base_1.0.safetensors, sd_xl_refiner_1.0.safetensors or a "
+                                                     "diffusers-layout folder")
     parser.add_argument("--dst", required=True, help="output MindSpore checkpoint (.ckpt)")
-    parser.add_argument("--config", default="configs/inference/sd_xl_base.yaml",
-                        help="model config the weights are for (default: configs/inference/sd_xl_base.yaml)")
+    parser.add_argument("--config", default=None,
+                        help=f"model config the weights are for (default: {REFINER_CONFIG} for a refiner file or "
+                             f"folder, else {BASE_CONFIG})")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
                         help="dtype stored in the .ckpt (default fp32; the model computes in fp32 on CPU)")
     args = parser.parse_args()
-    n = convert(args.src, args.dst, args.config, args.dtype)
+    n = convert(args.src, args.dst, args.config or default_config(args.src), args.dtype)
     print(f"wrote {n} tensors to {args.dst}")
 
 

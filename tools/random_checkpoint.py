@@ -1,11 +1,13 @@
 """Write random weights for a model config in the official SDXL single-file layout.
 
     python tools/random_checkpoint.py --config configs/inference/sd_xl_tiny.yaml --out checkpoints/tiny.safetensors
+    python tools/random_checkpoint.py --config configs/inference/sd_xl_refiner.yaml --out refiner.safetensors
 
-Key names and shapes are those of ``sd_xl_base_1.0.safetensors`` (for the base config, exactly
-its keys, including the reference code's ``position_ids`` and ``logit_scale`` buffers), so the
-tests and the demo load weights through the same path as real users. Tensors are generated and
-written one at a time, so even the real SDXL shapes need little memory.
+Key names and shapes are those of ``sd_xl_base_1.0.safetensors`` or ``sd_xl_refiner_1.0.safetensors``
+(for their configs, exactly their keys, including the reference code's ``position_ids`` and
+``logit_scale`` buffers), so the tests and the demo load weights through the same path as real
+users. Tensors are generated and written one at a time, so even the real SDXL shapes need little
+memory.
 """
 from gm.checkpoints.random_weights import DTYPES, write_random_checkpoint
 from gm.checks import check_outputs, check_value

@@ -9,8 +9,9 @@ import re
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
-CLIP_L = "conditioner.embedders.0.transformer."
-CLIP_G = "conditioner.embedders.1.model."
+# A text encoder's keys: conditioner.embedders.N. then "transformer." (CLIP-L, Hugging Face names: the base's
+# text_encoder/) or "model." (OpenCLIP bigG: text_encoder_2/ of the base and of the refiner).
+TEXT_KEY = re.compile(r"conditioner\.embedders\.\d+\.(transformer|model)\.(.*)")
 
 RESNET_UNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
                "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
@@ -112,9 +113,10 @@ def source_of(key, num_res_blocks, vae_levels):
     if key.startswith(VAE):
         src = _vae_key(key[len(VAE):], vae_levels)
         return "vae", [src], "conv1x1" if ".attentions.0.to_" in src and src.endswith("weight") else "copy"
-    if key.startswith(CLIP_L):
-        return "text_encoder", [key[len(CLIP_L):]], "copy"
-    if key.startswith(CLIP_G):
-        keys, how = _openclip_source(key[len(CLIP_G):])
+    m = TEXT_KEY.fullmatch(key)
+    if m and m[1] == "transformer":
+        return "text_encoder", [m[2]], "copy"
+    if m:
+        keys, how = _openclip_source(m[2])
         return "text_encoder_2", keys, how
     raise KeyError(key)

@@ -2,15 +2,41 @@
 import numpy as np
 from mindspore.nn.utils import no_init_parameters
 
-from gm.checkpoints.weight_files import write_safetensors
+from gm.checkpoints.weight_files import open_weights, write_safetensors
 from gm.config import instantiate_from_config
 from gm.errors import WeightFileError
 
-POSITION_IDS = "conditioner.embedders.0.transformer.text_model.embeddings.position_ids"
-LOGIT_SCALE = "conditioner.embedders.1.model.logit_scale"
-# Keys of official files that are buffers of the reference code, not weights: written by
-# tools/random_checkpoint.py like the official file has them, skipped when loading.
-IGNORED_KEYS = (POSITION_IDS, LOGIT_SCALE, "denoiser.sigmas")
+EMBEDDERS = "conditioner.embedders."
+# Buffers of the reference code, not weights, that official files hold after each text embedder's prefix
+# (CLIP-L's position ids, OpenCLIP's logit scale): written by tools/random_checkpoint.py like the official
+# files have them, skipped when loading, as is the denoiser's sigmas.
+BUFFERS = {"FrozenCLIPEmbedder": "transformer.text_model.embeddings.position_ids",
+           "FrozenOpenCLIPEmbedder2": "model.logit_scale"}
+# Which SDXL model a file is, by where its text encoders are: the base has CLIP-L (Hugging Face names) first
+# and OpenCLIP bigG second, the refiner OpenCLIP bigG alone.
+KINDS = {"base": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
+         "refiner": ("conditioner.embedders.0.model.",)}
+
+
+def is_buffer(key):
+    """Whether an official key is a reference-code buffer (see :data:`BUFFERS`), not a weight."""
+    parts = key.split(".", 3)
+    return key == "denoiser.sigmas" or (key.startswith(EMBEDDERS) and len(parts) == 4 and parts[3] in BUFFERS.values())
+
+
+def model_kind(keys):
+    """"base" or "refiner" (:data:`KINDS`) for the keys of a file or model, else None."""
+    found = {".".join(k.split(".")[:4]) + "." for k in keys if k.startswith(EMBEDDERS)}
+    for kind, prefixes in KINDS.items():
+        if found == set(prefixes):
+            return kind
+    return None
+
+
+def weight_kind(path):
+    """:func:`model_kind` of a weight file (reads its index only)."""
+    with open_weights(path) as reader:
+        return model_kind(reader.keys())
 
 
 def model_parameters(model):
@@ -26,15 +52,20 @@ def official_layout(config):
     with no_init_parameters():
         model = instantiate_from_config(config.model)
     layout = {name: (tuple(p.shape), "weight") for name, p in model_parameters(model).items()}
-    max_length = config.model.params.conditioner_config.params.emb_models[0].params.get("max_length", 77)
-    layout[POSITION_IDS] = ((1, max_length), "buffer")
-    layout[LOGIT_SCALE] = ((), "buffer")
+    for i, embedder in enumerate(config.model.params.conditioner_config.params.emb_models):
+        name = embedder.target.rsplit(".", 1)[-1]
+        if name in BUFFERS:
+            shape = (1, embedder.params.get("max_length", 77)) if name == "FrozenCLIPEmbedder" else ()
+            layout[f"{EMBEDDERS}{i}.{BUFFERS[name]}"] = (shape, "buffer")
     return layout
 
 
 def check_layout(expected, found, path):
     """Raise WeightFileError (counts and first names) unless ``found`` {key: shape} fits ``expected``."""
-    found = {k: tuple(s) for k, s in found.items() if k not in IGNORED_KEYS}
+    found = {k: tuple(s) for k, s in found.items() if not is_buffer(k)}
+    kinds = model_kind(expected), model_kind(found)
+    if None not in kinds and kinds[0] != kinds[1]:
+        raise WeightFileError(f"{path}: an SDXL {kinds[1]} checkpoint, but the model config is an SDXL {kinds[0]}")
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     wrong = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != found[k])
