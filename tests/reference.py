@@ -161,3 +161,54 @@ def diffusers_pipeline(config_path, weights):
         vae=vae, text_encoder=models["text_encoder"], text_encoder_2=models["text_encoder_2"],
         tokenizer=CLIPTokenizer(**files), tokenizer_2=CLIPTokenizer(**files, pad_token="!"), unet=unet,
         scheduler=scheduler, add_watermarker=False)
+
+
+def diffusers_refiner_pipeline(config_path, weights, folder):
+    """StableDiffusionXLImg2ImgPipeline loaded by diffusers' own ``from_single_file`` from the refiner-layout file
+    ``weights``, with a local config folder (written to ``folder``) made from our YAML config by diffusers' own
+    config helpers; its model_index is the refiner's (no first text encoder, aesthetic score, an empty negative
+    prompt embedded as text)."""
+    import json
+    from pathlib import Path
+
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from diffusers.loaders import single_file_utils as sfu
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    from gm.checkpoints.weight_files import open_weights
+
+    config = OmegaConf.to_container(OmegaConf.load(config_path))
+    enc = config["model"]["params"]["conditioner_config"]["params"]["emb_models"][0]["params"]
+    with open_weights(weights) as reader:
+        shapes = {k: torch.empty(reader.shape(k), device="meta") for k in reader.keys()}
+    folder = Path(folder)
+    parts = {"unet": ("UNet2DConditionModel", diffusers_unet_config(config, shapes)),
+             "vae": ("AutoencoderKL", sfu.create_vae_diffusers_config_from_ldm(config, shapes))}
+    for name, (class_name, part) in parts.items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / "config.json").write_text(json.dumps({"_class_name": class_name, **part}))
+    CLIPTextConfig(vocab_size=enc["vocab_size"], hidden_size=enc["width"],
+                   intermediate_size=int(enc["width"] * enc["mlp_ratio"]), num_hidden_layers=enc["layers"],
+                   num_attention_heads=enc["heads"],
+                   max_position_embeddings=enc["max_length"], hidden_act="gelu", projection_dim=enc["embed_dim"],
+                   bos_token_id=BOS, eos_token_id=EOS, architectures=["CLIPTextModelWithProjection"],
+                   ).save_pretrained(folder / "text_encoder_2")
+    vocab = folder / "vocab"
+    vocab.mkdir()
+    write_hf_vocab(vocab)
+    CLIPTokenizer(str(vocab / "vocab.json"), str(vocab / "merges.txt"), pad_token="!",
+                  model_max_length=enc["max_length"]).save_pretrained(folder / "tokenizer_2")
+    EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                           steps_offset=1, timestep_spacing="leading", prediction_type="epsilon",
+                           ).save_config(folder / "scheduler")
+    none = [None, None]
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionXLImg2ImgPipeline", "force_zeros_for_empty_prompt": False,
+        "requires_aesthetics_score": True, "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": none, "tokenizer": none, "image_encoder": none, "feature_extractor": none,
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"]}))
+    return StableDiffusionXLImg2ImgPipeline.from_single_file(weights, config=str(folder), local_files_only=True,
+                                                            add_watermarker=False)
