@@ -64,7 +64,7 @@ def test_seed_command_as_written(work):
 @pytest.mark.slow
 def test_two_words_prompt_file_flags_and_warnings(work, tmp_path):
     prompts = tmp_path / "prompts.txt"
-    long_prompt = " ".join(["photo"] * 74) + " of a red cat"
+    long_prompt = " ".join(["photo"] * 74) + " of a (red:1.2) (cat"  # 2 chunks, the negative prompt padded to 2
     prompts.write_text(f"a <cat-toy> in <chinese-art> style, not a <dog-toy>\n\n{long_prompt}\n")
     out = tmp_path / "out"
     result = cli(work, "--config", TRAIN_CONFIG, "--weight", "checkpoints/tiny.safetensors",
@@ -78,7 +78,8 @@ def test_two_words_prompt_file_flags_and_warnings(work, tmp_path):
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 2, result.stderr
     assert "<dog-toy> looks like a learned word but no embedding is loaded" in warnings[0]
-    assert warnings[1].endswith("cut off: 'a red cat'")
+    spot = long_prompt.rindex("(") + 1
+    assert warnings[1] == f"warning: '(' at character {spot} is never closed ('(cat'); read literally"
     assert pngs(out) == ["00000.png", "00001.png", "00002.png", "00003.png", "grid_00000.png", "grid_00002.png"]
     assert np.asarray(Image.open(out / "00003.png")).shape == (32, 64, 3)
     assert np.asarray(Image.open(out / "grid_00002.png")).shape == (32, 128, 3)
