@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 import mindspore as ms
 
@@ -23,6 +24,7 @@ ENV = "SDXL_TI_COMPILE_CACHE"
 OFF = ("off", "none", "false", "0")
 MANIFEST = "manifest.json"
 KEY = "key.json"  # the key's text, for people looking into the folder
+BUSY = 3600  # seconds: an entry without a manifest changed more recently is taken as another run's, being written
 GM = os.path.dirname(os.path.abspath(__file__))
 _state = {"used": False}
 
@@ -66,9 +68,9 @@ def key_text(parts):
     return json.dumps(full, sort_keys=True, indent=1, default=str)
 
 
-def cache_key(parts):
-    """The entry name of a run: a hash of :func:`key_text`."""
-    return hashlib.sha256(key_text(parts).encode()).hexdigest()[:24]
+def cache_key(parts, text=None):
+    """The entry name of a run: a hash of :func:`key_text` (``text``, when already made)."""
+    return hashlib.sha256((text or key_text(parts)).encode()).hexdigest()[:24]
 
 
 # Settings of a training run that change no graph (values fed in, host-side, or output only); every
@@ -113,6 +115,17 @@ def _cache_files(entry):
             if rel not in (MANIFEST, KEY) and not name.startswith(".probe"):
                 found[rel] = path
     return found
+
+
+def _newest(files):
+    """The latest modification time of ``files`` ({name: path}); 0 when none can be read."""
+    times = []
+    for path in files.values():
+        try:
+            times.append(os.path.getmtime(path))
+        except OSError:
+            pass
+    return max(times, default=0)
 
 
 def _intact(entry):
@@ -185,7 +198,7 @@ def use_compile_cache(folder, parts):
         return None
     _state["used"] = True
     text = key_text(parts)
-    entry = os.path.join(os.path.abspath(folder), hashlib.sha256(text.encode()).hexdigest()[:24])
+    entry = os.path.join(os.path.abspath(folder), cache_key(parts, text))
     probe = os.path.join(entry, f".probe{os.getpid()}")
     try:
         os.makedirs(entry, exist_ok=True)
@@ -196,7 +209,11 @@ def use_compile_cache(folder, parts):
         warn(f"compile cache {folder}: cannot write there ({e.strerror or e}); this run compiles without it")
         _set_context(enable_compile_cache=False)
         return None
-    reused = bool(_cache_files(entry))
+    found = _cache_files(entry)
+    reused = bool(found)
+    if reused and not os.path.exists(os.path.join(entry, MANIFEST)) and _newest(found) > time.time() - BUSY:
+        _set_context(enable_compile_cache=False)  # another run with this key is compiling into it now
+        return None
     if reused and not _intact(entry):
         warn(f"compile cache {entry}: a damaged or unfinished entry; removed, this run compiles without it")
         shutil.rmtree(entry, ignore_errors=True)

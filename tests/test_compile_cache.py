@@ -75,8 +75,10 @@ def test_a_damaged_entry_is_one_warning_removed_and_no_cache(damage, tmp_path):
         open(graph, "wb").write(data[:-1] + bytes([data[-1] ^ 1]))
     elif damage == "truncated":
         open(graph, "wb").write(data[: len(data) // 2])
-    else:  # a run that stopped before sealing its entry
+    else:  # a run that stopped before sealing its entry, over an hour ago
         os.remove(os.path.join(entry, compile_cache.MANIFEST))
+        for path in files(entry):
+            os.utime(path, (os.stat(path).st_atime, os.stat(path).st_mtime - 2 * compile_cache.BUSY))
     out, err = net(tmp_path, 2)
     assert out["entry"] is None and LOADED not in err
     (line,) = warnings(err)
@@ -84,6 +86,15 @@ def test_a_damaged_entry_is_one_warning_removed_and_no_cache(damage, tmp_path):
     assert not os.path.exists(entry)
     again, err = net(tmp_path, 2)  # the next run builds the entry afresh
     assert again["entry"] == entry and not again["reused"] and not warnings(err)
+
+
+def test_an_entry_being_written_by_another_run_is_left_alone(tmp_path):
+    first, _ = net(tmp_path, 2)
+    os.remove(os.path.join(first["entry"], compile_cache.MANIFEST))  # as while its run still compiles
+    written = files(first["entry"])
+    out, err = net(tmp_path, 2)
+    assert out["entry"] is None and LOADED not in err and not warnings(err)
+    assert files(first["entry"]) == written
 
 
 def settings(**changes):
