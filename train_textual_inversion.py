@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from gm.cli import ArgumentParser, add_device_args, run, str2bool
+from gm.cli import ArgumentParser, add_compile_cache_arg, add_device_args, run, str2bool
 from gm.errors import UsageError
 
 
@@ -47,14 +47,23 @@ def parser():
     g.add_argument("--num_vectors", type=int, default=1,
                    help="vectors per encoder for the word (the token expands to this many tokens)")
     g.add_argument("--initializer_token", default=None,
-                   help="start from this existing single-token word's embedding (default: random)")
+                   help="start from the embedding of this word or phrase (default: random). The phrase's tokens "
+                        "are spread over the vectors in order: as many vectors as tokens, one each; fewer "
+                        "vectors, each the mean of a run of consecutive tokens (1 vector: the mean of all); "
+                        "more vectors, each token repeated over a run ('plush toy cat', 6 vectors: plush plush "
+                        "toy toy cat cat)")
     g.add_argument("--learnable_property", default="object", help="object, style or face: picks the prompt templates")
     g.add_argument("--template_file", default=None, help="text file of prompt templates, one per line with {}")
     g.add_argument("--initializer_file", default=None,
-                   help="start from an existing embedding file of this word (any supported format)")
+                   help="start from an existing SDXL embedding file of this word (any supported format)")
+    g.add_argument("--initializer_file_l", default=None,
+                   help="start encoder 1 (CLIP ViT-L, clip_l) from an SD 1.x embedding (the same text tower): a "
+                        ".safetensors with one [N, 768] tensor (A1111/kohya emb_params or string_to_param.*, "
+                        "diffusers' {token: vectors}); encoder 2 starts from --initializer_token or random; "
+                        "--train_encoders then defaults to g")
     g.add_argument("--concepts", default=None,
                    help="YAML file listing several concepts to learn in one run (each: placeholder_token, "
-                        "data_path, learnable_property, num_vectors, initializer_token, initializer_file, "
+                        "data_path, learnable_property, num_vectors, initializer_token, initializer_file, initializer_file_l, "
                         "template_file; paths relative to the YAML file); replaces the concept flags")
     g = p.add_argument_group("training")
     g.add_argument("--total_step", type=int, default=None, help="optimiser steps (config: train.total_step)")
@@ -70,6 +79,16 @@ def parser():
     g.add_argument("--flip_p", type=float, default=None, help="probability of a horizontal flip (config)")
     g.add_argument("--repeats", type=int, default=None, help="times each image appears per epoch (config)")
     g.add_argument("--seed", type=int, default=42, help="seed of initialisation, data order and noise")
+    g.add_argument("--snr_gamma", type=float, default=None,
+                   help="min-SNR-gamma loss weights: each sample's eps loss times min(SNR, gamma) / SNR, SNR = "
+                        "1/sigma^2 (e.g. 5; config: train.snr_gamma; default: off, the plain eps loss)")
+    g.add_argument("--preserve_norm", type=str2bool, default=None,
+                   help="after each optimiser step, rescale every learned vector to the mean norm of its "
+                        "encoder's ordinary word vectors (config: train.preserve_norm; default False)")
+    g.add_argument("--train_encoders", default=None,
+                   help="text encoders whose vectors are learned: l (CLIP ViT-L, encoder 1, clip_l), g (OpenCLIP "
+                        "ViT-bigG, encoder 2, clip_g) or l,g; the others keep their starting vectors (default: "
+                        "l,g, or g when every concept has --initializer_file_l)")
     g.add_argument("--resume", type=str2bool, default=False,
                    help="continue from --save_path/train_state.ckpt (vectors, optimiser, step, data order)")
     g = p.add_argument_group("outputs")
@@ -85,11 +104,20 @@ def parser():
                    help="sample images for a fixed prompt and seed every --infer_interval steps")
     g.add_argument("--infer_interval", type=int, default=None, help="steps between samples (config: infer)")
     g.add_argument("--infer_prompt", default=None, help="prompt for those samples, with {} for the word")
+    g.add_argument("--validation_samples", type=int, default=None,
+                   help="held-out samples per concept (fixed views, noise and noise levels) whose loss is logged "
+                        "every --infer_interval steps; 0: no validation (config: infer.validation_samples; "
+                        "default 8)")
+    g.add_argument("--best_by", default=None,
+                   help="what picks weights/best_ti.ckpt among the evaluated steps: validation_loss (lowest) or "
+                        "concept (the --measure_concept score, highest); default: concept with "
+                        "--measure_concept, else validation_loss")
     g.add_argument("--measure_concept", default=None,
                    help="toy model only: score a toy-world concept (toy_star, toy_dotted) with the concept meter "
                         "before training and at every inference step")
     g = p.add_argument_group("device")
     add_device_args(g)
+    add_compile_cache_arg(g)
     g.add_argument("--is_parallel", type=str2bool, default=False,
                    help="data-parallel training over the processes started by mpirun -n N or msrun "
                         "--worker_num N (see README): data sharded by rank, gradients averaged, rank 0 writes")
@@ -125,7 +153,7 @@ def concepts_from_file(path):
         if unknown or missing:
             raise UsageError(f"--concepts {path}: concept {i + 1}: "
                              + (f"unknown keys {sorted(unknown)}" if unknown else f"missing {sorted(missing)}"))
-        for key in ("data_path", "initializer_file", "template_file"):
+        for key in ("data_path", "initializer_file", "initializer_file_l", "template_file"):
             if entry.get(key) is not None and not isinstance(entry[key], str):
                 raise UsageError(f"--concepts {path}: concept {i + 1}: {key} {entry[key]!r}: expected a path")
             if entry.get(key):
@@ -144,7 +172,8 @@ def settings(args):
         concepts = concepts_from_file(args.concepts)
     elif args.data_path:
         concepts = [Concept(args.placeholder_token, args.data_path, args.num_vectors, args.learnable_property,
-                            args.initializer_token, args.initializer_file, args.template_file)]
+                            args.initializer_token, args.initializer_file, args.template_file,
+                            initializer_file_l=args.initializer_file_l)]
     else:
         concepts = []
     values, from_config = {}, set()
@@ -188,12 +217,22 @@ def main(argv=None):
     parallel = init_parallel(args.is_parallel)
     if args.demo:
         apply_demo(args, given_flags(sys.argv[1:] if argv is None else argv))
+    from gm.compile_cache import resolve, training_parts, use_compile_cache
     from gm.textual_inversion.trainer import Trainer
 
     trainer = Trainer(settings(args), parallel=parallel)
-    step = trainer.run()
+    cache = use_compile_cache(None if args.is_parallel else resolve(args.compile_cache), training_parts(trainer.s))
+    try:
+        step = trainer.run()
+    finally:
+        if cache:
+            cache.close()
     for out in trainer.outputs:
         print(f"learned vectors: {out.ti_path(step)}")
+    if trainer.best:
+        best_step, value = trainer.best
+        print(f"best step by {trainer.criterion}: {best_step} ({value:.6g}): "
+              + ", ".join(out.best_path for out in trainer.outputs))
     if trainer.scores:
         first, last = min(trainer.scores), max(trainer.scores)
         for name, before in trainer.scores[first].items():

@@ -178,7 +178,7 @@ def test_bad_input_gives_one_line_error(case, weights, tmp_path):
         blocker.write_text("x")
         save, expected = str(blocker / "run"), "--save_path"
     elif case == "initializer":
-        extra, expected = ["--initializer_token", "sunflower field"], "--initializer_token"
+        extra, expected = ["--initializer_token", " "], "--initializer_token"
     elif case == "existing_word":
         extra, expected = ["--placeholder_token", "cat</w>"], "--placeholder_token"
     elif case == "amp_dtype":
@@ -351,7 +351,8 @@ def test_a_used_save_path_is_refused_unless_overwritten(weights, finished_run, t
     code, out, err = train_here(capsys, *args, "--overwrite", "True")
     assert code == 0, err[-3000:]
     assert sorted(snapshot(save)) == ["loss.csv", "loss.png", "notes.txt", "train_state.ckpt",
-                                      os.path.join("weights", "SD-XL-tiny_1_ti.ckpt")]
+                                      os.path.join("weights", "SD-XL-tiny_1_ti.ckpt"),
+                                      os.path.join("weights", "best_ti.ckpt")]
     assert len(losses(save)) == 1 and f"learned vectors: {os.path.join(save, 'weights', 'SD-XL-tiny_1_ti.ckpt')}" in out
 
 
@@ -361,7 +362,8 @@ def test_a_used_save_path_is_refused_unless_overwritten(weights, finished_run, t
                                   "save_ckpt_interval", "infer_prompt", "config_key", "concepts_key", "num_vectors",
                                   "num_vectors_prompt", "concepts_num_vectors", "betas", "center_crop",
                                   "resolution_model", "initializer_token", "save_path_empty", "concepts_data_path",
-                                  "concepts_template_file"])
+                                  "concepts_template_file", "best_by", "best_by_concept", "best_by_no_validation",
+                                  "snr_gamma", "snr_gamma_config", "validation_samples"])
 def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weights, tmp_path, capsys, keep_mode):
     """Every count, interval and rate is checked before the model is built; the error names the flag,
     or the config file or --concepts file and key the value came from."""
@@ -402,6 +404,14 @@ def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weigh
         "concepts_template_file": (["--concepts", str(tmp_path / "templates.yaml")],
                                    f"--concepts {tmp_path / 'templates.yaml'}: concept 1: template_file "
                                    f"{tmp_path / 'none.txt'}: no such file"),
+        "best_by": (["--best_by", "loss"], "--best_by 'loss': expected validation_loss or concept"),
+        "best_by_concept": (["--best_by", "concept"], "--best_by concept: needs --measure_concept"),
+        "best_by_no_validation": (["--best_by", "validation_loss", "--validation_samples", "0"],
+                                  "--best_by validation_loss: needs --validation_samples of at least 1"),
+        "snr_gamma": (["--snr_gamma", "0"], "--snr_gamma 0.0: expected a finite number above 0"),
+        "snr_gamma_config": (["--config", str(tmp_path / "gamma.yaml")],
+                             f"{tmp_path / 'gamma.yaml'}: train.snr_gamma -5: expected a finite number above 0"),
+        "validation_samples": (["--validation_samples", "-1"], "--validation_samples -1: expected an integer"),
     }[case]
     (tmp_path / "paths.yaml").write_text("concepts:\n  - {placeholder_token: '<a>', data_path: nowhere}\n")
     (tmp_path / "templates.yaml").write_text(f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}, "
@@ -411,6 +421,7 @@ def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weigh
     (tmp_path / "many.yaml").write_text(f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}, "
                                         "num_vectors: 80}\n")
     (tmp_path / "bad.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  max_num_ckpt: 0\n")
+    (tmp_path / "gamma.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  snr_gamma: -5\n")
     (tmp_path / "concepts.yaml").write_text(
         f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}}}\n"
         f"  - {{placeholder_token: '<b>', data_path: {DEMO_TOY}, num_vectors: 0}}\n")
@@ -479,20 +490,18 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_files(interval, stop, wha
                                                               tmp_path, capsys, keep_mode):
     """A learning rate of 1e38 sends the vectors to infinity at step 3: the check of the vectors before a
     save, or of the next loss, stops the run with one error naming the step; the files of step 2 stay."""
-    from gm.images import loss_curve
-
     save = copy_of(finished_run, tmp_path)
     before = snapshot(save)
     code, _, err = train_here(capsys, *quick(weights, save, "--resume", "True", "--total_step", str(stop),
                                              "--learning_rate", "1e38", "--save_ckpt_interval", interval))
     assert code == 1 and error_line(err).startswith(f"error: step {stop}: {what}"), err[-2000:]
     after = snapshot(save)
-    kept = ["train_state.ckpt", "loss.png"] + [os.path.join("weights", f"SD-XL-tiny_{i}_ti.ckpt") for i in (1, 2)]
+    kept = ["train_state.ckpt", "loss.png", os.path.join("weights", "best_ti.ckpt")]
+    kept += [os.path.join("weights", f"SD-XL-tiny_{i}_ti.ckpt") for i in (1, 2)]
     assert sorted(after) == sorted(kept + ["loss.csv"])
     assert all(after[f] == before[f] for f in kept)
     log = losses(save)
     assert len(log) == 3 and np.isfinite(log).all()  # step 3's loss came from the good vectors of step 2
-    assert loss_curve([1, 2, 3, 4], [1.0, float("nan"), float("inf"), 0.5]).size == (640, 360)
 
 @pytest.mark.slow
 def test_resume_repairs_a_torn_loss_log(weights, finished_run, tmp_path, capsys, keep_mode):
@@ -552,3 +561,226 @@ def test_resume_from_a_foreign_state_is_one_error(case, expected, weights, finis
     code, _, err = train_here(capsys, *quick(weights, save, "--resume", "True", "--total_step", "3"))
     assert code == 1 and error_line(err).startswith(f"error: --resume: {state} ") and expected in error_line(err)
     assert "Traceback" not in err and snapshot(save) == before
+
+
+TABLES = ("conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+          "conditioner.embedders.1.model.token_embedding.weight")
+
+
+def phrase_rows(weights, phrase, num_vectors):
+    """The documented start of a word from ``phrase`` in each encoder, computed here from the weight file."""
+    from gm.modules.encoders.tokenizer import CLIPTokenizer
+    from gm.textual_inversion.words import initializer_groups
+
+    ids = CLIPTokenizer().encode(phrase)
+    with open_weights(weights) as reader:
+        tables = [np.array(reader.get(key), np.float32) for key in TABLES]
+    return [np.stack([t[[ids[j] for j in g]].mean(0) for g in initializer_groups(len(ids), num_vectors)])
+            for t in tables]
+
+
+@pytest.mark.slow  # a run of 2 steps
+def test_train_encoders_g_leaves_clip_l_at_its_start(weights, tmp_path, capsys, keep_mode):
+    """--train_encoders g with a phrase initializer: after 2 steps clip_l is bit-identical to the phrase's
+    mean, clip_g has moved from it."""
+    save = str(tmp_path / "run")
+    code, out, err = train_here(capsys, *quick(weights, save, "--total_step", "2", "--train_encoders", "g",
+                                               "--initializer_token", "plush toy"))
+    assert code == 0, err[-3000:]
+    assert "trained encoders    g (OpenCLIP ViT-bigG, encoder 2, clip_g)" in out
+    start = phrase_rows(weights, "plush toy", 1)
+    ti = read_ti(os.path.join(save, "weights", "SD-XL-tiny_2_ti.ckpt"))
+    assert np.array_equal(ti["clip_l"], start[0])
+    assert np.abs(ti["clip_g"] - start[1]).max() > 1e-4
+
+
+@pytest.mark.slow  # a run of 2 steps
+def test_an_sd1_embedding_seeds_clip_l(weights, tmp_path, capsys, keep_mode):
+    """--initializer_file_l: an SD 1.x-style file (emb_params, one encoder; 32 wide for the tiny model) gives
+    clip_l its rows exactly; --train_encoders defaults to g, so they stay while clip_g is learned."""
+    from safetensors.numpy import save_file
+
+    rows = np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)
+    sd1 = str(tmp_path / "my_sd15_word.safetensors")
+    save_file({"emb_params": rows}, sd1)
+    save = str(tmp_path / "run")
+    code, out, err = train_here(capsys, *quick(weights, save, "--total_step", "2", "--num_vectors", "2",
+                                               "--initializer_file_l", sd1))
+    assert code == 0, err[-3000:]
+    assert f"(init: encoder 1 from {sd1}, encoder 2 from random)" in out and "trained encoders    g (" in out
+    first, last = (read_ti(os.path.join(save, "weights", f"SD-XL-tiny_{i}_ti.ckpt")) for i in (1, 2))
+    assert np.array_equal(first["clip_l"], rows) and np.array_equal(last["clip_l"], rows)
+    assert np.abs(last["clip_g"] - first["clip_g"]).max() > 1e-6
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("unknown", "--train_encoders 'l,x': unknown encoder 'x'; expected l (CLIP ViT-L, encoder 1, clip_l)"),
+    ("twice", "--train_encoders 'g,g': an encoder named twice"),
+    ("both_files", "--initializer_file_l: give it or --initializer_file, not both"),
+    ("width", "{sd1}: 768-wide vectors, an SD 1.x embedding, but the model's encoder 1 (CLIP ViT-L, "
+              "encoder 1, clip_l) takes 32"),
+    ("nan", "{sd1}: emb_params holds NaN or infinite values"),
+    ("sdxl", "{sd1}: an SDXL embedding (vectors for both text encoders)"),
+    ("count", "--initializer_file_l {sd1}: has 3 vectors (<sd1>), but --num_vectors is 1"),
+    ("missing", "{sd1}: no such embedding file or folder"),
+])
+def test_bad_encoder_options_are_one_line_errors(case, expected, weights, tmp_path, capsys, keep_mode):
+    from safetensors.numpy import save_file
+
+    sd1 = str(tmp_path / "sd1.safetensors")
+    values = {"width": {"emb_params": np.ones((1, 768), np.float32)},
+              "nan": {"emb_params": np.full((1, 32), np.nan, np.float32)},
+              "sdxl": {"clip_l": np.ones((1, 32), np.float32), "clip_g": np.ones((1, 64), np.float32)},
+              "count": {"<sd1>": np.ones((3, 32), np.float32)}}
+    save_file(values.get(case, {"emb_params": np.ones((1, 32), np.float32)}), sd1)
+    if case == "missing":
+        sd1 = str(tmp_path / "none.safetensors")
+    extra = {"unknown": ["--train_encoders", "l,x"], "twice": ["--train_encoders", "g,g"],
+             "both_files": ["--initializer_file_l", sd1, "--initializer_file", sd1]}.get(
+        case, ["--initializer_file_l", sd1])
+    save = tmp_path / "run"
+    code, _, err = train_here(capsys, *quick(weights, str(save), "--total_step", "1", *extra))
+    assert code == 1 and expected.format(sd1=sd1) in error_line(err), err[-2000:]
+    assert "Traceback" not in err and not save.exists()
+
+
+# -- telemetry, validation, best weights, loss weighting (issue 16 items 4-7) -----------------------------
+def log_rows(save):
+    with open(os.path.join(save, "loss.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def test_min_snr_weights_are_min_snr_over_snr():
+    """weight = min(SNR, gamma) / SNR with SNR = sigma^-2: 1 where SNR <= gamma (sigma >= gamma^-1/2), gamma *
+    sigma^2 below; gamma None is all ones (the plain loss)."""
+    from gm.modules.diffusionmodules.loss import min_snr_weights
+
+    sigma = np.array([0.03, 0.1, 0.5, 1 / np.sqrt(5), 1.0, 14.6], np.float32)
+    np.testing.assert_allclose(min_snr_weights(sigma, 5.0), [5 * 0.03 ** 2, 5 * 0.01, 1, 1, 1, 1], rtol=1e-6)
+    assert min_snr_weights(sigma, 5.0).dtype == np.float32
+    assert np.array_equal(min_snr_weights(sigma), np.ones(6, np.float32))
+
+
+def test_the_loss_with_unit_weights_is_the_plain_loss_exactly(weights, keep_mode):
+    """TILoss with weights 1 (no --snr_gamma) equals generative-models' loss mean bit for bit; with min-SNR
+    weights it is the mean of each sample's loss times its weight."""
+    import mindspore as ms
+    from mindspore import Tensor, ops
+    from gm.build import build_model
+    from gm.modules.diffusionmodules.loss import min_snr_weights
+    from gm.textual_inversion.train_step import TILoss
+
+    ms.set_context(mode=1)
+    model = build_model(TINY_TRAIN, weights)
+    rng = np.random.default_rng(0)
+    mean, logvar, latent_noise, noise = (Tensor(rng.standard_normal((2, 4, 8, 8)).astype(np.float32))
+                                         for _ in range(4))
+    sigma = np.array([0.05, 3.0], np.float32)
+    sizes = np.full((2, 2), 64, np.float32)
+    cond = model.conditioner.prepare({"txt": ["a photo", "a cat"], "original_size_as_tuple": sizes,
+                                      "crop_coords_top_left": np.zeros((2, 2), np.float32),
+                                      "target_size_as_tuple": sizes})
+    x0 = (mean + ops.exp(0.5 * logvar) * latent_noise) * model.scale_factor
+    context, vector = model.conditioner(*cond)
+    denoised = model.denoise(x0 + noise * Tensor(sigma).reshape(-1, 1, 1, 1), Tensor(sigma), context, vector)
+    per_sample = model.loss_fn(denoised, x0, Tensor(sigma)).asnumpy()
+    loss = TILoss(model)
+    plain = loss(mean, logvar, latent_noise, noise, Tensor(sigma), Tensor(min_snr_weights(sigma)), *cond).asnumpy()
+    assert plain == model.loss_fn(denoised, x0, Tensor(sigma)).mean().asnumpy()
+    weighted = loss(mean, logvar, latent_noise, noise, Tensor(sigma), Tensor(min_snr_weights(sigma, 5.0)), *cond)
+    np.testing.assert_allclose(weighted.asnumpy(), np.mean(per_sample * [5 * 0.05 ** 2, 1.0]), rtol=1e-5)
+
+
+def test_preserve_norm_rescales_each_row_to_its_encoders_norm(keep_mode):
+    import mindspore as ms
+    from mindspore import Parameter, Tensor
+    from gm.textual_inversion.train_step import PreserveNorm
+
+    ms.set_context(mode=1)
+    rows = [np.array([[3.0, 4.0], [0.0, -2.0]], np.float32), np.array([[1.0, 1.0, 1.0]], np.float32)]
+    params = [Parameter(Tensor(r), name=f"p{i}") for i, r in enumerate(rows)]
+    PreserveNorm(params, [10.0, 2.0])()
+    np.testing.assert_allclose(params[0].asnumpy(), [[6.0, 8.0], [0.0, -10.0]], rtol=1e-6)
+    np.testing.assert_allclose(params[1].asnumpy(), np.full((1, 3), 2 / np.sqrt(3)), rtol=1e-6)
+
+
+def test_held_out_views_and_validation_samples_are_fixed():
+    """One held-out view per image, the same for the same seed, never a training view (other scale); the
+    validation samples' views, prompts, noise and evenly spread noise levels are the same each time."""
+    from gm.textual_inversion.dataset import TIDataset
+    from gm.textual_inversion.validation import ValidationSet, held_out_views
+
+    data = TIDataset(DEMO_TOY, "<toy>", resolution=64, flip_p=0.5, seed=3)
+    views = held_out_views(data, 3)
+    assert len(views) == data.num_images == 5
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(views, held_out_views(data, 3)))
+    assert not all(np.array_equal(a.pixels, b.pixels) for a, b in zip(views, held_out_views(data, 4)))
+    for view in views:
+        assert view.pixels.shape == (3, 64, 64)
+        assert all(np.abs(view.pixels - v.pixels).max() > 0.05 for v in data.views)
+    sigmas = np.linspace(14.6, 0.03, 1000, dtype=np.float32)
+    a, b = (ValidationSet(data, views, sigmas, 8, (4, 8, 8), seed=3) for _ in range(2))
+    assert a.prompts == b.prompts and a.view_ids == b.view_ids == [0, 1, 2, 3, 4, 0, 1, 2]
+    assert all(np.array_equal(x, y) for x, y in zip(a.noise + a.latent_noise, b.noise + b.latent_noise))
+    np.testing.assert_array_equal(a.sigmas, sigmas[[62, 187, 312, 437, 562, 687, 812, 937]])
+    assert all("<toy>" in p for p in a.prompts)
+
+
+def test_loss_log_columns_and_plot(tmp_path):
+    """loss.csv: the base columns then the telemetry ones, empty cells where a step has no value; an older
+    log (4 columns) is read and rewritten in the new columns on resume; the plot takes empty and
+    non-finite values."""
+    from PIL import Image
+    from gm.textual_inversion.outputs import RunOutputs
+
+    out = RunOutputs(str(tmp_path), "SD-XL-tiny", columns=("norm_clip_l_0", "word_norm_clip_l", "validation_loss"))
+    os.makedirs(tmp_path, exist_ok=True)
+    (tmp_path / "loss.csv").write_text("step,loss,lr,step_seconds\n1,0.5,0.1,0.2\n2,0.4,0.1,0.2\n")
+    out.start_loss_log(2)
+    out.log_row({"step": 3, "loss": 0.3, "lr": 0.1, "step_seconds": 0.2, "norm_clip_l_0": 2.5,
+                 "word_norm_clip_l": 3.0, "validation_loss": float("inf")})
+    out.log_row({"step": 4, "loss": float("nan"), "lr": 0.1, "step_seconds": 0.2, "norm_clip_l_0": 2.6,
+                 "word_norm_clip_l": 3.0})
+    lines = (tmp_path / "loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,lr,step_seconds,norm_clip_l_0,word_norm_clip_l,validation_loss"
+    assert lines[1] == "1,0.500000,0.1,0.200,,," and lines[4].endswith(",2.6,3,")
+    rows = out.read_log()
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[2]["validation_loss"] == float("inf")
+    out.save_loss_curve()
+    assert Image.open(out.curve_path).size[0] > 400
+
+
+@pytest.mark.slow
+def test_validation_norms_and_best_weights_resume_exactly(weights, tmp_path, capsys, keep_mode):
+    """Every --infer_interval steps loss.csv gets the validation loss; every step the learned vectors' norms
+    beside the ordinary words' mean norm (equal to it with --preserve_norm True); weights/best_ti.ckpt holds the
+    vectors of the step with the lowest validation loss. A run stopped at step 2 and resumed ends with the
+    same log and best weights as one that ran 3 steps."""
+    common = ["--infer_interval", "1", "--validation_samples", "2", "--preserve_norm", "True", "--snr_gamma", "5"]
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    code, out, err = train_here(capsys, *quick(weights, whole, "--total_step", "3", *common))
+    assert code == 0, err[-3000:]
+    assert "min-SNR weights (gamma 5.0)" in out and "best step by validation_loss" in out
+    rows = log_rows(whole)
+    assert list(rows[0])[4:] == ["norm_clip_l_0", "word_norm_clip_l", "norm_clip_g_0", "word_norm_clip_g",
+                                 "validation_loss"]
+    for r in rows:
+        for key in ("clip_l", "clip_g"):
+            np.testing.assert_allclose(float(r[f"norm_{key}_0"]), float(r[f"word_norm_{key}"]), rtol=1e-4)
+    validation = [float(r["validation_loss"]) for r in rows]
+    best = int(np.argmin(validation)) + 1
+    ti = read_ti(os.path.join(whole, "weights", "best_ti.ckpt"))
+    expected = read_ti(os.path.join(whole, "weights", f"SD-XL-tiny_{best}_ti.ckpt"))
+    assert ti["placeholder_token"] == "<cat-toy>"
+    for key in ("clip_l", "clip_g"):
+        assert np.array_equal(ti[key], expected[key])
+    code, _, err = train_here(capsys, *quick(weights, parts, "--total_step", "2", *common))
+    assert code == 0, err[-3000:]
+    code, _, err = train_here(capsys, *quick(weights, parts, "--total_step", "3", "--resume", "True", *common))
+    assert code == 0, err[-3000:]
+    resumed = log_rows(parts)
+    for key in ("loss", "validation_loss", "norm_clip_g_0"):
+        np.testing.assert_allclose([float(r[key]) for r in resumed], [float(r[key]) for r in rows], rtol=1e-5)
+    again = read_ti(os.path.join(parts, "weights", "best_ti.ckpt"))
+    for key in ("clip_l", "clip_g"):
+        np.testing.assert_allclose(again[key], ti[key], rtol=1e-6, atol=1e-7)

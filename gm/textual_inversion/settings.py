@@ -6,6 +6,7 @@ from gm.build import size_multiple
 from gm.checks import check_value
 from gm.errors import UsageError
 from gm.textual_inversion.dataset import check_concept
+from gm.textual_inversion.embeddings import trained_encoders
 from gm.textual_inversion.templates import load_templates
 from gm.textual_inversion.words import check_initializer, check_vectors, placeholder_tokens, slug
 
@@ -24,6 +25,7 @@ class Concept:
     initializer_file: str = None
     template_file: str = None
     source: str = None  # "--concepts FILE: concept N" for a concept read from a --concepts file
+    initializer_file_l: str = None  # a one-encoder (SD 1.x) embedding: encoder 1's starting rows
 
     @property
     def name(self):
@@ -70,7 +72,12 @@ class Settings:
     guidance_scale: float = 5.0
     measure_concept: str = None  # a toy-world concept (gm.toyworld.concepts.CONCEPTS) scored by the meter
     measure_samples: int = 16
+    validation_samples: int = 8  # held-out samples of the validation loss per concept (0: no validation)
+    best_by: str = None  # validation_loss or concept: what picks weights/best_ti.ckpt (None: best_criterion)
+    snr_gamma: float = None  # min-SNR-gamma loss weights (None: the plain eps loss)
+    preserve_norm: bool = False  # rescale learned rows to the ordinary words' mean norm after each step
     seed: int = 42
+    train_encoders: str = None  # "l", "g" or "l,g" (gm.textual_inversion.embeddings.trained_encoders)
     resume: bool = False
     overwrite: bool = False  # replace an earlier run in save_path (removed when this run starts writing)
     amp_level: str = "O0"
@@ -105,6 +112,11 @@ OPTIONS = {
     "measure_concept": ("--measure_concept", None, None),
     "measure_samples": (None, "infer.measure_samples", "count"),
     "seed": ("--seed", None, "natural"),
+    "validation_samples": ("--validation_samples", "infer.validation_samples", "natural"),
+    "best_by": ("--best_by", None, None),
+    "snr_gamma": ("--snr_gamma", "train.snr_gamma", "positive"),
+    "preserve_norm": ("--preserve_norm", "train.preserve_norm", "boolean"),
+    "train_encoders": ("--train_encoders", None, None),
 }
 
 
@@ -119,7 +131,7 @@ def check_settings(s):
     config key or --concepts entry of the first bad one."""
     for key, (_, _, rule) in OPTIONS.items():
         value = getattr(s, key)
-        if rule and not (key == "max_num_ckpt" and value is None):
+        if rule and not (key in ("max_num_ckpt", "snr_gamma") and value is None):
             check_value(setting_name(s, key), value, rule)
     multiple = size_multiple(s.config)
     if s.resolution % multiple:
@@ -133,6 +145,14 @@ def check_settings(s):
                              "(concepts of the toy world, for the toy model)")
         if len(s.concepts) != 1:
             raise UsageError("--measure_concept: needs exactly one concept to train")
+    if s.best_by is not None:
+        if s.best_by not in ("validation_loss", "concept"):
+            raise UsageError(f"--best_by {s.best_by!r}: expected validation_loss or concept")
+        if s.best_by == "concept" and s.measure_concept is None:
+            raise UsageError("--best_by concept: needs --measure_concept (the concept meter's score)")
+        if s.best_by == "validation_loss" and not s.validation_samples:
+            raise UsageError(f"--best_by validation_loss: needs {setting_name(s, 'validation_samples')} of at "
+                             "least 1")
     if s.lr_scheduler not in ("constant", "cosine"):
         raise UsageError(f"{setting_name(s, 'lr_scheduler')} {s.lr_scheduler!r}: expected constant or cosine")
     if s.infer_prompt is not None:
@@ -146,10 +166,14 @@ def check_settings(s):
                              "and no other braces")
     if not s.concepts:
         raise UsageError("--data_path: required (a folder of images), or use --demo True")
+    trained_encoders(setting_name(s, "train_encoders"), s.train_encoders, s.concepts)
     for c in s.concepts:
         check_concept(c.placeholder_token, c.num_vectors, c.learnable_property, c.label)
         if c.initializer_token is not None:
             check_initializer(c.label("initializer_token"), c.initializer_token)
+        if c.initializer_file and c.initializer_file_l:
+            raise UsageError(f"{c.label('initializer_file_l')}: give it or {c.label('initializer_file')}, not both "
+                             "(both set encoder 1's starting vectors)")
         source = f" of {c.label('template_file')} {c.template_file}" if c.template_file else ""
         templates = load_templates(c.learnable_property, c.template_file, c.label)
         prompts = [(t, f"the template {t!r}{source}") for t in templates]
@@ -168,3 +192,9 @@ def check_settings(s):
                                  f"{' '.join(placeholder_tokens(other.placeholder_token, other.num_vectors))}); "
                                  "each concept needs its own word")
             owner[token] = c
+
+
+def best_criterion(s):
+    """What picks ``weights/best_ti.ckpt``: ``--best_by``, else the concept meter's score with
+    ``--measure_concept``, else the validation loss; None when there is neither."""
+    return s.best_by or ("concept" if s.measure_concept else "validation_loss" if s.validation_samples else None)

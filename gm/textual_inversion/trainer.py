@@ -20,14 +20,17 @@ from gm.checks import check_outputs
 from gm.errors import UsageError
 from gm.inference import SamplingPipeline
 from gm.models.autoencoder import PosteriorMoments
+from gm.modules.diffusionmodules.loss import min_snr_weights
 from gm.modules.diffusionmodules.sampling import make_sampler
 from gm.parallel import SingleProcess
-from gm.textual_inversion.dataset import TIDataset
-from gm.textual_inversion.embeddings import add_concept, concept_rows, load_ti, save_ti
+from gm.textual_inversion.dataset import TIDataset, size_conditioning
+from gm.textual_inversion.embeddings import (ENCODER_KEYS, ENCODERS, add_concept, concept_rows, save_ti,
+                                             starting_rows, trained_encoders)
 from gm.textual_inversion.outputs import RunOutputs, check_save_path, clear_run, run_files
-from gm.textual_inversion.settings import INFER_PROMPTS, check_settings, setting_name
+from gm.textual_inversion.settings import INFER_PROMPTS, best_criterion, check_settings, setting_name
 from gm.textual_inversion.state import check_shapes, read_state, write_state
-from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, as_lr, learning_rate
+from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, PreserveNorm, as_lr, learning_rate
+from gm.textual_inversion.validation import ValidationSet, held_out_views
 
 def diverged(step, what):
     """The error that stops a run whose numbers are no longer finite."""
@@ -44,7 +47,7 @@ class Trainer:
         check_settings(s)
         inputs = [("--weight", s.weight), ("--config", s.config_path), ("--concepts", s.concepts_path)]
         inputs += [(c.label(k), getattr(c, k)) for c in s.concepts for k in ("data_path", "initializer_file",
-                                                                               "template_file")]
+                                                                               "initializer_file_l", "template_file")]
         check_outputs([("--save_path", s.save_path)], inputs, kind="folder")
         self.s = s
         self.parallel = parallel or SingleProcess()
@@ -69,12 +72,26 @@ class Trainer:
         self.model = build_model(s.config, s.weight, s.amp_level, s.amp_dtype)
         widths = [e.embedding.weight.shape[1] for e in self.model.conditioner.text_embedders]
         for c in s.concepts:
-            rows = self._initial_rows(c, widths)
-            self.params = add_concept(self.model.conditioner, c.placeholder_token, c.num_vectors, rows=rows,
-                                      initializer_token=c.initializer_token, seed=s.seed)
+            params = add_concept(self.model.conditioner, c.placeholder_token, c.num_vectors,
+                                 rows=starting_rows(c, widths), initializer_token=c.initializer_token, seed=s.seed)
+        self.encoders = trained_encoders(setting_name(s, "train_encoders"), s.train_encoders, s.concepts)
+        for index, param in enumerate(params):  # the other encoders' rows keep their starting values
+            param.requires_grad = index in self.encoders
+        self.params = [params[i] for i in self.encoders]
         self.loss_and_grads = LossAndGrads(self.model, self.params)
         self.optimizer = ClippedAdamW(self.params, s.betas, s.eps, s.weight_decay,
                                       s.max_grad_norm if s.clip_grad else None)
+        self.embedders = self.model.conditioner.text_embedders
+        # the mean norm of each encoder's ordinary word rows: beside the learned ones in loss.csv, and the
+        # norm --preserve_norm holds them to
+        self.word_norms = [float(np.linalg.norm(e.embedding.weight.asnumpy(), axis=1).mean()) for e in self.embedders]
+        norm_of = {e.embedding.extra.name: n for e, n in zip(self.embedders, self.word_norms)}
+        self.preserve_norm = PreserveNorm(self.params, [norm_of[p.name] for p in self.params]) \
+            if s.preserve_norm else None
+        self.criterion = best_criterion(s)
+        self.best = state.get("best")  # (step, value) of the best evaluation so far
+        for out in self.outputs:
+            out.columns = tuple(self.log_columns())
         if s.resume:
             check_shapes(state, [tuple(p.shape) for p in self.params], self.out.state_path)
             for i, param in enumerate(self.params):
@@ -82,22 +99,11 @@ class Trainer:
             self.optimizer.load_state([state[f"moment_{i}"] for i in range(2 * len(self.params))])
         self.sigma_sampler = self.model.loss_fn.sigma_sampler
         self.latents = []
+        self.validation = []  # per concept: [(inputs of one micro-batch, samples in it)]
         wanted = s.infer_during_train or s.measure_concept
         self.sampler = SamplingPipeline(self.model) if wanted and self.parallel.is_main else None
         self.scores = {}  # {step: {measure: score}} of --measure_concept
         self.stop_requested = False
-
-    @staticmethod
-    def _initial_rows(concept, widths):
-        """Rows from ``initializer_file`` (an embedding of this word to keep training), else None."""
-        if not concept.initializer_file:
-            return None
-        token, rows = load_ti(concept.initializer_file, widths, need_word=False)  # its vectors, under our word
-        if rows[0].shape[0] != concept.num_vectors:
-            raise UsageError(f"{concept.label('initializer_file')} {concept.initializer_file}: has "
-                             f"{rows[0].shape[0]} vectors ({token}), but {concept.label('num_vectors')} is "
-                             f"{concept.num_vectors}")
-        return rows
 
     # -- state -----------------------------------------------------------------------------------
     def rows(self, concept):
@@ -114,23 +120,73 @@ class Trainer:
         for concept, out in zip(self.s.concepts, self.outputs):
             save_ti(out.ti_path(step), concept.placeholder_token, self.rows(concept))
             out.prune(self.s.max_num_ckpt)
-        write_state(self.out.state_path, rows, self.optimizer.state(), step, self.s.seed, self.s.concepts)
+        write_state(self.out.state_path, rows, self.optimizer.state(), step, self.s.seed, self.s.concepts,
+                    self.best)
+
+    def norms(self):
+        """loss.csv's norm columns: each learned row's norm per encoder (rows of every concept, in concept
+        order) and the mean norm of the encoder's ordinary word rows."""
+        values = {}
+        for key, embedder, word_norm in zip(ENCODER_KEYS, self.embedders, self.word_norms):
+            for i, norm in enumerate(np.linalg.norm(embedder.embedding.extra.asnumpy(), axis=1)):
+                values[f"norm_{key}_{i}"] = float(norm)
+            values[f"word_norm_{key}"] = word_norm
+        return values
+
+    def log_columns(self):
+        """loss.csv's columns after step, loss, lr and step_seconds."""
+        columns = list(self.norms())
+        columns += ["validation_loss"] if self.s.validation_samples else []
+        if self.s.measure_concept:
+            from gm.toyworld.concepts import CONCEPTS
+
+            measures = CONCEPTS[self.s.measure_concept].test_prompts("")
+            columns += ["concept_score"] + [f"{name}_concept" for name in measures]
+        return columns
 
     # -- data ------------------------------------------------------------------------------------
-    def cache_latents(self, chunk=4):
-        """Posterior moments of every training view of every concept, through the VAE once."""
+    def cache_latents(self):
+        """Posterior moments of every training view of every concept, through the VAE once; and the
+        validation samples (:mod:`gm.textual_inversion.validation`) of each concept."""
         encode = PosteriorMoments(self.model.first_stage_model)
-        for dataset in self.datasets:
-            means, logvars = [], []
-            views = dataset.views
-            for start in tqdm(range(0, len(views), chunk), desc="caching latents", leave=False,
-                              disable=not self.parallel.is_main):
-                group = views[start:start + chunk]
-                pixels = np.stack([v.pixels for v in group] + [group[-1].pixels] * (chunk - len(group)))
-                mean, logvar = encode(Tensor(pixels))
-                means.append(mean.asnumpy()[:len(group)])
-                logvars.append(logvar.asnumpy()[:len(group)])
-            self.latents.append((np.concatenate(means), np.concatenate(logvars)))
+        for c, dataset in enumerate(self.datasets):
+            self.latents.append(self._moments(encode, dataset.views))
+            if self.s.validation_samples:
+                views = held_out_views(dataset, self.s.seed)
+                means, logvars = self._moments(encode, views)
+                samples = ValidationSet(dataset, views, self.sigma_sampler.sigmas, self.s.validation_samples,
+                                        means.shape[1:], self.s.seed, c)
+                self.validation.append(self._validation_batches(samples, means, logvars))
+
+    def _moments(self, encode, views, chunk=4):
+        """(means, logvars) of ``views`` through the VAE, ``chunk`` at a time."""
+        means, logvars = [], []
+        for start in tqdm(range(0, len(views), chunk), desc="caching latents", leave=False,
+                          disable=not self.parallel.is_main):
+            group = views[start:start + chunk]
+            pixels = np.stack([v.pixels for v in group] + [group[-1].pixels] * (chunk - len(group)))
+            mean, logvar = encode(Tensor(pixels))
+            means.append(mean.asnumpy()[:len(group)])
+            logvars.append(logvar.asnumpy()[:len(group)])
+        return np.concatenate(means), np.concatenate(logvars)
+
+    def _validation_batches(self, samples, means, logvars):
+        """The validation samples as micro-batches of the training batch size (so the training graph
+        serves them); a last, short batch is filled with copies of weight 0."""
+        batch, batches = self.s.batch_size, []
+        for start in range(0, len(samples), batch):
+            real = list(range(start, min(start + batch, len(samples))))
+            picked = real + [real[-1]] * (batch - len(real))
+            view_ids = [samples.view_ids[j] for j in picked]
+            sizes = size_conditioning([samples.views[v] for v in view_ids])
+            cond = self.model.conditioner.prepare({"txt": [samples.prompts[j] for j in picked], **sizes})
+            weight = np.asarray([1.0] * len(real) + [0.0] * (batch - len(real)), np.float32)
+            inputs = (Tensor(means[view_ids]), Tensor(logvars[view_ids]),
+                      Tensor(np.stack([samples.latent_noise[j] for j in picked])),
+                      Tensor(np.stack([samples.noise[j] for j in picked])), Tensor(samples.sigmas[picked]),
+                      Tensor(weight), *cond)
+            batches.append((inputs, len(real)))
+        return batches
 
     def micro_batch(self, concept_index, index):
         """This rank's inputs of micro-batch ``index`` of a concept.
@@ -152,7 +208,8 @@ class Trainer:
         batch_dict = {"txt": [p for _, p in samples], **dataset.size_conditioning(view_ids)}
         cond = self.model.conditioner.prepare(batch_dict)
         return (Tensor(means[view_ids]), Tensor(logvars[view_ids]), Tensor(np.stack(latent_noise)),
-                Tensor(np.stack(noise)), Tensor(np.asarray(sigmas, np.float32)), *cond)
+                Tensor(np.stack(noise)), Tensor(np.asarray(sigmas, np.float32)),
+                Tensor(min_snr_weights(sigmas, self.s.snr_gamma)), *cond)
 
     # -- loop ------------------------------------------------------------------------------------
     def train_step(self, step):
@@ -178,15 +235,43 @@ class Trainer:
         lr = learning_rate(step, self.s.learning_rate, self.s.total_step, self.s.lr_warmup_steps,
                            self.s.lr_scheduler)
         self.optimizer(ms.mutable(tuple(grads)), as_lr(lr), as_lr(step + 1))
+        if self.preserve_norm:
+            self.preserve_norm()
         return loss, lr
 
-    def infer(self, step):
-        """Images for each concept's fixed prompt and seed (one progression row per call), and the
-        --measure_concept score."""
-        if self.s.measure_concept:
-            self.measure(step)
-        if not self.s.infer_during_train:
-            return
+    def validate(self):
+        """The validation loss: mean over the concepts of the mean loss of their validation samples."""
+        losses = []
+        for batches in self.validation:
+            total = sum(float(self.loss_and_grads(*inputs)[0].asnumpy()) * self.s.batch_size
+                        for inputs, _ in batches)
+            losses.append(total / sum(n for _, n in batches))
+        return float(np.mean(losses))
+
+    def evaluate(self, step):
+        """The validation loss and the --measure_concept scores after ``step`` steps (printed), as loss.csv
+        columns; a trained step better than every earlier one by the --best_by criterion writes each
+        concept's ``best_ti.ckpt``."""
+        values = {}
+        if self.validation:
+            values["validation_loss"] = self.validate()
+            if self.parallel.is_main:
+                tqdm.write(f"step {step}: validation loss {values['validation_loss']:.6f}")
+        if self.s.measure_concept and self.parallel.is_main:
+            values.update(self.measure(step))
+        lower = self.criterion == "validation_loss"  # lower is better; the concept score: higher
+        value = values.get("validation_loss" if lower else "concept_score")
+        if not step or value is None or not math.isfinite(value):
+            return values
+        if self.best is None or (value < self.best[1] if lower else value > self.best[1]):
+            self.best = (step, value)
+            if self.parallel.is_main:
+                for concept, out in zip(self.s.concepts, self.outputs):
+                    save_ti(out.best_path, concept.placeholder_token, self.rows(concept))
+        return values
+
+    def sample(self, step):
+        """Images for each concept's fixed prompt and seed (one progression row per call)."""
         sampler = make_sampler("euler", self.s.infer_steps, self.s.guidance_scale)
         for concept, dataset, out in zip(self.s.concepts, self.datasets, self.outputs):
             prompt = self.s.infer_prompt or INFER_PROMPTS[concept.learnable_property]
@@ -196,8 +281,10 @@ class Trainer:
             out.save_samples(step, images)
 
     def measure(self, step):
-        """The concept meter's reading of samples of the word's test prompts (fresh seeds), printed."""
-        from gm.toyworld.concepts import CONCEPTS, measure
+        """The concept meter's reading of samples of the word's test prompts (fresh seeds), printed; returned
+        as loss.csv columns: ``concept_score`` (:func:`gm.toyworld.concepts.attribute_share`, what
+        ``--best_by concept`` compares) and each test prompt's share showing the whole concept."""
+        from gm.toyworld.concepts import CONCEPTS, attribute_share, measure
 
         s = self.s
         concept = CONCEPTS[s.measure_concept]
@@ -208,6 +295,8 @@ class Trainer:
             parts = ", ".join(f"{a} {100 * v[a]:.0f} %" for a in concept.attributes)
             tqdm.write(f"step {step}: {s.measure_concept} {name}: concept {100 * v['concept']:.0f} %, with the rest of "
                        f"the prompt {100 * v['prompt']:.0f} % ({parts}) of {s.measure_samples} samples")
+        return {"concept_score": attribute_share(concept, scores),
+                **{f"{name}_concept": v["concept"] for name, v in scores.items()}}
 
     def summary(self):
         s = self.s
@@ -216,13 +305,23 @@ class Trainer:
         lines = [f"model config        {s.config_path}", f"weights             {s.weight}"]
         for c, d in zip(s.concepts, self.datasets):
             init = c.initializer_file or c.initializer_token or "random"
+            if c.initializer_file_l:
+                init = f"encoder 1 from {c.initializer_file_l}, encoder 2 from {c.initializer_token or 'random'}"
             lines.append(f"concept             {c.placeholder_token} x {c.num_vectors} vectors (init: {init}), "
                          f"{c.learnable_property}, {c.data_path} ({d.num_images} images, {len(d.views)} views)")
         lines += [
             f"steps               {s.total_step} x batch {s.batch_size} x accumulation {s.gradient_accumulation_steps}"
             f" x {self.parallel.world_size} process(es)",
+            "trained encoders    " + ", ".join(f"{name} ({what})" for i, (name, what) in enumerate(ENCODERS.items())
+                                               if i in self.encoders),
             f"learning rate       {s.learning_rate} ({s.lr_scheduler}, warm-up {s.lr_warmup_steps})",
             f"gradient clipping   {s.max_grad_norm if s.clip_grad else 'off'}",
+            "loss                eps MSE" + (f", min-SNR weights (gamma {s.snr_gamma})" if s.snr_gamma else ""),
+            "vector norms        " + ("rescaled to the ordinary words' mean after each step" if s.preserve_norm
+                                      else "free"),
+            f"validation          {s.validation_samples} held-out samples per concept every {s.infer_interval} steps"
+            if s.validation_samples else "validation          off",
+            f"best weights        by {self.criterion} (best_ti.ckpt)" if self.criterion else "best weights        -",
             f"resolution          {s.resolution}",
             f"MindSpore           {ms.__version__}, {ms.get_context('device_target')}, "
             f"{'graph' if ms.get_context('mode') == 0 else 'PyNative'} mode, "
@@ -245,8 +344,10 @@ class Trainer:
         bar = tqdm(total=self.s.total_step, initial=self.start_step, desc="training", unit="step",
                    dynamic_ncols=True, disable=not main)
         step = self.start_step
-        if self.sampler and step == 0:
-            self.infer(0)  # the word's initial vectors: the first progression row, the score before training
+        if step == 0:  # the word's initial vectors: the scores before training, the first progression row
+            self.evaluate(0)
+            if self.sampler and self.s.infer_during_train:
+                self.sample(0)
         try:
             while step < self.s.total_step and not self.parallel.any(self.stop_requested):
                 start = time.perf_counter()
@@ -255,14 +356,17 @@ class Trainer:
                 step += 1
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", step_s=f"{seconds:.2f}")
                 bar.update(1)
+                due = step % self.s.infer_interval == 0 or step == self.s.total_step
+                values = self.evaluate(step) if due else {}
                 if main:
-                    self.out.log_loss(step, loss, lr, seconds)
+                    self.out.log_row({"step": step, "loss": loss, "lr": lr, "step_seconds": seconds,
+                                      **self.norms(), **values})
                 if step % self.s.save_ckpt_interval == 0 or step == self.s.total_step:
                     self.save(step)
                     if main:
                         self.out.save_loss_curve()
-                if self.sampler and (step % self.s.infer_interval == 0 or step == self.s.total_step):
-                    self.infer(step)
+                if due and self.sampler and self.s.infer_during_train:
+                    self.sample(step)
         finally:
             bar.close()
             for sig, handler in previous.items():
