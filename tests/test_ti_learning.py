@@ -2,8 +2,8 @@
 
 The trainer runs as users run it (the toy training config, the shipped weights and the 5 pictures of
 datasets/demo_toy: a striped orange star, a combination held out of the toy model's pretraining). The
-model draws colours and patterns it is asked for, but not yet shapes (checkpoints/sd_xl_toy.md), so what
-is measured is what it can draw: samples of ``a photo of a <word>`` that show a striped orange object.
+model draws the colours and patterns it is asked for, but rarely the shape (20 %, checkpoints/sd_xl_toy.md),
+so what is measured is what it can draw: samples of ``a photo of a <word>`` that show a striped orange object.
 Bounds come from measured runs (in each test's docstring), with margin.
 """
 import os
@@ -46,7 +46,7 @@ def learned(tmp_path_factory):
 
 
 def test_a_short_run_teaches_the_toy_model_a_striped_orange_object(learned, keep_mode):
-    """Measured (seed 42, 300 steps, 64 samples, 2 cores): 0 % before (the initializer word "star"), 38 % after."""
+    """Measured (seed 42, 300 steps, 64 samples, 2 cores): 0 % before (the initializer word "star"), 34 % after."""
     from gm.build import build_model
     from gm.inference import SamplingPipeline
     from gm.modules.diffusionmodules.sampling import make_sampler
@@ -69,7 +69,7 @@ def test_a_short_run_teaches_the_toy_model_a_striped_orange_object(learned, keep
 def test_the_exported_word_draws_the_concept_in_diffusers(learned, tmp_path, fmt):
     """tools/export_embedding.py's file, loaded into diffusers' SDXL pipeline built from the same toy checkpoint
     (diffusers' single-file conversion), draws the concept there too (diffusers' own Euler sampler and noise).
-    Measured (64 samples, 2 cores): 20 % striped orange with either file (ours: 38 %), 0 % with the word "star"."""
+    Measured (64 samples, 2 cores): 34 % striped orange with either file (ours: 34 %), 0 % with the word "star"."""
     import torch
     from safetensors.torch import load_file
 
@@ -102,4 +102,4 @@ def test_the_exported_word_draws_the_concept_in_diffusers(learned, tmp_path, fmt
         torch.set_num_threads(threads)
     print(f"diffusers, {fmt}: striped orange {100 * before:.0f} % before, {100 * after:.0f} % after")
     assert before <= 0.05
-    assert after >= 0.08
+    assert after >= 0.2
