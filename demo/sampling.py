@@ -28,11 +28,13 @@ from PIL import Image  # noqa: E402 (after import_mindspore)
 
 from gm.build import build_model  # noqa: E402 (after import_mindspore)
 from gm.cli import ArgumentParser, device_name, ms_mode  # noqa: E402 (after import_mindspore)
+from gm.compile_cache import resolve, sampling_parts, use_compile_cache  # noqa: E402 (after import_mindspore)
 from gm.config import load_config  # noqa: E402 (after import_mindspore)
 from gm.constants import MAX_IMAGES, MAX_IMAGE_SIDE, SAMPLERS, SPACINGS  # noqa: E402 (after import_mindspore)
 from gm.errors import ConfigError, UsageError, WeightFileError  # noqa: E402 (after import_mindspore)
 from gm.images import make_grid  # noqa: E402 (after import_mindspore)
 from gm.inference import SamplingPipeline, default_size  # noqa: E402 (after import_mindspore)
+from gm.refiner import TwoStagePipeline  # noqa: E402 (after import_mindspore)
 from gm.runtime import init_mindspore  # noqa: E402 (after import_mindspore)
 from gm.modules.diffusionmodules.sampling import make_sampler  # noqa: E402 (after import_mindspore)
 
@@ -58,6 +60,7 @@ def options(argv):
     p.add_argument("--textual_inversion_weight", nargs="+", action="extend")
     p.add_argument("--device_target", type=device_name)
     p.add_argument("--ms_mode", type=ms_mode)
+    p.add_argument("--compile_cache")  # gm.compile_cache.resolve: else $SDXL_TI_COMPILE_CACHE, else the default
     opts = p.parse_known_args(argv)[0]
     convert = {"textual_inversion_weight": lambda v: [path for path in v.split(os.pathsep) if path],
                "device_target": device_name, "ms_mode": ms_mode}
@@ -88,6 +91,25 @@ def load(config_path, weight_path):
     if not os.path.isfile(weight_path):
         raise UsageError(f"{weight_path}: no such weight file")
     return SamplingPipeline(build_model(config, weight_path)), threading.Lock(), config
+
+
+@st.cache_resource(max_entries=1, show_spinner="Loading the refiner ...")
+def load_refiner(config_path, weight_path):
+    """The refiner's SamplingPipeline, built once and shared as :func:`load`'s model is."""
+    if not os.path.isfile(weight_path):
+        raise UsageError(f"{weight_path}: no such weight file")
+    return SamplingPipeline(build_model(load_config(config_path), weight_path))
+
+
+def refiner_choice():
+    """The sidebar's refiner toggle: None, or (config path, weight path, switch)."""
+    st.sidebar.header("Refiner")
+    if not st.sidebar.toggle("Finish with the SDXL refiner", False, key="refiner"):
+        return None
+    return (st.sidebar.text_input("Refiner config", "configs/inference/sd_xl_refiner.yaml", key="refiner_config"),
+            st.sidebar.text_input("Refiner weights", "checkpoints/sd_xl_refiner_1.0_ms.ckpt", key="refiner_weight"),
+            st.sidebar.slider("Switch to the refiner at", 0.05, 0.95, 0.8, 0.05, key="refiner_switch",
+                              help="share of the noise schedule the base denoises"))
 
 
 def saved_upload(upload):
@@ -150,8 +172,9 @@ def load_embeddings(sampler, paths):
         sampler.load_concept(path)
 
 
-def generate(sampler, lock, embeddings, s):
-    """Sample with a progress bar; the images (uint8 [N, H, W, 3])."""
+def generate(sampler, lock, embeddings, s, compile_cache):
+    """Sample with a progress bar; the images (uint8 [N, H, W, 3]). ``compile_cache``: (folder, key parts) of
+    the compile cache, used by the server's first generation only (later ones may compile in any order)."""
     try:
         sampler.check_size(int(s["height"]), int(s["width"]))
     except ValueError as e:
@@ -165,8 +188,13 @@ def generate(sampler, lock, embeddings, s):
     start = time.perf_counter()
     with lock:
         load_embeddings(sampler, embeddings)
-        images = sampler.sample([s["prompt"]] * int(s["count"]), int(s["height"]), int(s["width"]),
-                                negative=s["negative"], seed=int(s["seed"]), sampler=method, callback=progress)
+        cache = use_compile_cache(*compile_cache)
+        try:
+            images = sampler.sample([s["prompt"]] * int(s["count"]), int(s["height"]), int(s["width"]),
+                                    negative=s["negative"], seed=int(s["seed"]), sampler=method, callback=progress)
+        finally:
+            if cache:
+                cache.close()
     bar.progress(1.0, text=f"{len(images)} images in {time.perf_counter() - start:.1f} s")
     return images
 
@@ -191,9 +219,12 @@ def main():
         st.error(str(e))
         st.stop()
     config_path, weight_path, embeddings = sidebar(opts)
+    refiner = refiner_choice()
     try:
         setup(opts.device_target, opts.ms_mode)
         sampler, lock, config = load(config_path, weight_path)
+        if refiner:
+            sampler = TwoStagePipeline(sampler, load_refiner(*refiner[:2]), refiner[2])
         with lock:
             load_embeddings(sampler, embeddings)
     except BAD_INPUT as e:
@@ -206,7 +237,10 @@ def main():
         st.warning(message)
     if st.button("Generate", type="primary", key="generate"):
         try:
-            images = generate(sampler, lock, embeddings, s)
+            configs = [config] + ([load_config(refiner[0])] if refiner else [])
+            parts = sampling_parts(configs, sampler.concepts, {**{k: v for k, v in s.items() if k != "seed"},
+                                                               "refiner": refiner[2] if refiner else None})
+            images = generate(sampler, lock, embeddings, s, (resolve(opts.compile_cache), parts))
         except BAD_INPUT as e:
             st.error(str(e))
             st.stop()

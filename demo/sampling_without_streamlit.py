@@ -9,6 +9,8 @@
 Several embedding files, each bringing its own word, go into one prompt:
     --textual_inversion_weight cat_toy_ti.ckpt chinese_art_ti.ckpt --prompt "a <cat-toy> in <chinese-art> style"
 Image-to-image: --task img2img --img photo.png --strength 0.6
+Base then refiner (the refiner finishes the last 20 % of the schedule):
+    --refiner_weight checkpoints/sd_xl_refiner_1.0_ms.ckpt --refiner_switch 0.8
 """
 import argparse
 import glob
@@ -17,7 +19,7 @@ import re
 import time
 
 from gm.checks import check_outputs, check_side, check_value
-from gm.cli import ArgumentParser, add_device_args, run
+from gm.cli import ArgumentParser, add_compile_cache_arg, add_device_args, run
 from gm.constants import MAX_IMAGES, SAMPLERS, SPACINGS
 from gm.errors import UsageError, warn
 
@@ -25,6 +27,10 @@ from gm.errors import UsageError, warn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLER_ALIASES = {class_name: name for name, (_, class_name) in SAMPLERS.items()}
 DEFAULT_PROMPT = "Astronaut in a jungle, cold color palette, muted colors, detailed, 8k"
+# Flags that shape no graph, or do so only through what the compile cache's key holds instead (the configs'
+# content, the loaded words, the prompts, the image size).
+NOT_IN_GRAPHS = {"save_path", "seed", "weight", "refiner_weight", "config", "refiner_config",
+                 "textual_inversion_weight", "img", "prompt", "compile_cache"}
 
 
 def parser():
@@ -40,6 +46,12 @@ def parser():
                    help="learned-word files: _ti.ckpt from train_textual_inversion.py, or A1111/ComfyUI/kohya "
                         ".safetensors, a diffusers learned_embeds pair, mindone's _ti.ckpt; several files, or "
                         "the flag repeated, load several words")
+    g.add_argument("--refiner_weight", default=None,
+                   help="SDXL refiner weights (.ckpt or the official sd_xl_refiner_1.0.safetensors): the base "
+                        "denoises to --refiner_switch, the refiner finishes (txt2img)")
+    g.add_argument("--refiner_config", default="configs/inference/sd_xl_refiner.yaml", help="the refiner's config")
+    g.add_argument("--refiner_switch", type=float, default=0.8,
+                   help="share of the noise schedule the base denoises before the refiner takes over, in (0, 1)")
     g = p.add_argument_group("prompt")
     g.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt, or a text file of prompts, one a line")
     g.add_argument("--negative_prompt", default="", help="negative prompt (empty: zero unconditional embedding)")
@@ -68,6 +80,7 @@ def parser():
     g = p.add_argument_group("output and device")
     g.add_argument("--save_path", default="outputs/demo", help="folder for the PNGs and grids")
     add_device_args(g)
+    add_compile_cache_arg(g)
     return p
 
 
@@ -90,7 +103,9 @@ def check_args(args):
     if not os.path.isfile(args.weight):
         raise UsageError(f"--weight {args.weight}: no such file (convert the official weights with "
                          "tools/convert_weight.py)")
-    inputs = [("--weight", args.weight), ("--config", args.config), ("--img", args.img)]
+    check_roles(args)
+    inputs = [("--weight", args.weight), ("--config", args.config), ("--img", args.img),
+              ("--refiner_weight", args.refiner_weight), ("--refiner_config", args.refiner_config)]
     inputs += [("--textual_inversion_weight", path) for path in args.textual_inversion_weight]
     inputs += [("--prompt", args.prompt)] if os.path.isfile(args.prompt) else []
     check_outputs([("--save_path", args.save_path)], inputs, kind="new_files")
@@ -100,6 +115,28 @@ def check_args(args):
         if not os.path.isfile(args.img):
             raise UsageError(f"--img {args.img}: no such file")
         check_value("--strength", args.strength, "probability")
+
+
+def check_roles(args):
+    """The base's weights in --weight, the refiner's in --refiner_weight (found by their text encoders), and a
+    --refiner_switch in (0, 1); the refiner only with txt2img."""
+    from gm.checkpoints.layout import weight_kind
+    from gm.refiner import check_switch
+
+    if weight_kind(args.weight) == "refiner":
+        raise UsageError(f"--weight {args.weight}: an SDXL refiner checkpoint; give the base model's weights as "
+                         "--weight and the refiner's as --refiner_weight")
+    if args.refiner_weight is None:
+        return
+    check_switch(args.refiner_switch)
+    if args.task != "txt2img":
+        raise UsageError(f"--refiner_weight: works with --task txt2img (got --task {args.task})")
+    if not os.path.isfile(args.refiner_weight):
+        raise UsageError(f"--refiner_weight {args.refiner_weight}: no such file (convert the official weights with "
+                         "tools/convert_weight.py)")
+    if weight_kind(args.refiner_weight) == "base":
+        raise UsageError(f"--refiner_weight {args.refiner_weight}: an SDXL base checkpoint; give the refiner's "
+                         "weights as --refiner_weight and the base model's as --weight")
 
 
 def read_prompts(prompt):
@@ -217,6 +254,7 @@ def main(argv=None):
     from PIL import Image
 
     from gm.build import build_model
+    from gm.compile_cache import resolve, sampling_parts, use_compile_cache
     from gm.config import load_config
     from gm.inference import SamplingPipeline
     from gm.runtime import init_mindspore
@@ -226,6 +264,12 @@ def main(argv=None):
     image = read_input_image(args.img) if args.task == "img2img" else None
     init_mindspore(args.device_target, args.ms_mode)
     sampler = SamplingPipeline(build_model(config, args.weight, args.ms_amp_level, args.amp_dtype))
+    if args.refiner_weight:
+        from gm.refiner import TwoStagePipeline
+
+        refiner = build_model(load_config(args.refiner_config), args.refiner_weight, args.ms_amp_level,
+                              args.amp_dtype)
+        sampler = TwoStagePipeline(sampler, SamplingPipeline(refiner), args.refiner_switch)
     height, width = image_size(args, config, image, sampler.size_multiple)
     if image is not None:
         image = image.resize((width, height), Image.BICUBIC)
@@ -238,11 +282,19 @@ def main(argv=None):
         os.makedirs(args.save_path, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--save_path {args.save_path}: cannot write there ({e.strerror or e})") from None
-    for k, prompt in enumerate(prompts):
-        images, seconds = sample_prompt(sampler, args, prompt, args.seed + k, image, height, width, method)
-        paths, grid = save_images(images, args.save_path, args.num_cols)
-        print(f"{prompt!r}: {len(images)} images {width}x{height}, {seconds / len(images):.2f} s each -> "
-              f"{paths[0]} ... {os.path.basename(paths[-1])}, grid {grid}", flush=True)
+    cache = use_compile_cache(resolve(args.compile_cache), sampling_parts(
+        [config] + ([load_config(args.refiner_config)] if args.refiner_weight else []), sampler.concepts,
+        {**{k: v for k, v in vars(args).items() if k not in NOT_IN_GRAPHS}, "prompts": prompts, "height": height,
+         "width": width, "refiner": bool(args.refiner_weight)}))
+    try:
+        for k, prompt in enumerate(prompts):
+            images, seconds = sample_prompt(sampler, args, prompt, args.seed + k, image, height, width, method)
+            paths, grid = save_images(images, args.save_path, args.num_cols)
+            print(f"{prompt!r}: {len(images)} images {width}x{height}, {seconds / len(images):.2f} s each -> "
+                  f"{paths[0]} ... {os.path.basename(paths[-1])}, grid {grid}", flush=True)
+    finally:
+        if cache:
+            cache.close()
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ import numpy as np
 from mindspore import Tensor, nn, ops
 
 from gm.errors import UsageError
+from gm.modules.encoders.prompt_weights import parse_weights
 from gm.textual_inversion.embeddings import add_concept, expand_prompt, load_ti
 from gm.textual_inversion.words import placeholder_tokens
 
-LATENT_CHANNELS = 4
+AESTHETIC_SCORES = (6.0, 2.5)  # the refiner's aesthetic score for prompts and for negative prompts (sgm, diffusers)
 PLACEHOLDER = re.compile(r"<[^<>|\s]+>")
 
 
@@ -18,8 +19,9 @@ def default_size(config):
 
 
 def condition_batch(prompts: list, height: int, width: int, crop: tuple = (0, 0),
-                    original_size: tuple = None) -> dict:
-    """The conditioner's batch for prompts at a target size (SDXL's size/crop conditioning)."""
+                    original_size: tuple = None, aesthetic_score: float = AESTHETIC_SCORES[0]) -> dict:
+    """The conditioner's batch for prompts at a target size (SDXL's size/crop conditioning; the refiner's
+    aesthetic score)."""
     n = len(prompts)
     original = original_size or (height, width)
     return {
@@ -27,6 +29,7 @@ def condition_batch(prompts: list, height: int, width: int, crop: tuple = (0, 0)
         "original_size_as_tuple": np.tile(np.asarray(original, np.float32), (n, 1)),
         "crop_coords_top_left": np.tile(np.asarray(crop, np.float32), (n, 1)),
         "target_size_as_tuple": np.tile(np.asarray((height, width), np.float32), (n, 1)),
+        "aesthetic_score": np.full((n, 1), aesthetic_score, np.float32),
     }
 
 
@@ -90,6 +93,9 @@ class SamplingPipeline:
         self._embed = _Embed(engine.conditioner)
         self._encode = _Encode(engine)
         self._decode = _Decode(engine)
+        # A model conditioned on an aesthetic score (SDXL's refiner) embeds an empty negative prompt as text, as
+        # sgm's refiner sampling and diffusers' refiner config (force_zeros_for_empty_prompt: false) do.
+        self.zero_empty_negative = "aesthetic_score" not in [e.input_key for e in engine.conditioner.embedders]
 
     @property
     def size_multiple(self) -> int:
@@ -145,8 +151,9 @@ class SamplingPipeline:
             prompt = expand_prompt(prompt.replace(" ".join(placeholder_tokens(token, n)), token), token, n)
         return prompt
 
-    def prompt_warnings(self, prompt):
-        """Messages about a prompt: placeholders with no learned word loaded, text cut at 77 tokens."""
+    def prompt_warnings(self, prompt: str) -> list:
+        """Messages about a prompt: placeholders with no learned word loaded, weight syntax read literally
+        (:mod:`gm.modules.encoders.prompt_weights`), learned words too long for one chunk of 75 tokens."""
         concepts = self.concepts
         messages = []
         for word in dict.fromkeys(PLACEHOLDER.findall(prompt)):
@@ -154,35 +161,53 @@ class SamplingPipeline:
                 loaded = ", ".join(concepts) or "none"
                 messages.append(f"{word} looks like a learned word but no embedding is loaded for it "
                                 f"(loaded: {loaded}); it is read as ordinary text")
-        tokenizer = self.engine.conditioner.text_embedders[0].tokenizer
-        cut = tokenizer.overflow(self.expand(prompt))
-        if cut:
-            messages.append(f"prompt longer than {tokenizer.max_length - 2} tokens (learned words count as "
-                            f"their vectors); this part is cut off: {cut!r}")
+        messages += parse_weights(prompt)[1]
+        size = self.engine.conditioner.text_embedders[0].tokenizer.max_length - 2
+        for word, n in concepts.items():
+            if n > size and word in prompt:
+                messages.append(f"{word} has {n} vectors, more than the {size} tokens CLIP reads at once; "
+                                "it is split across chunks of the prompt")
         return messages
 
-    def embed(self, prompts, height, width):
-        """(context, vector) for prompts (learned words expanded) at a target size."""
-        batch = condition_batch([self.expand(p) for p in prompts], height, width)
-        return self._embed(*self.engine.conditioner.prepare(batch))
+    def embed(self, prompts: list, height: int, width: int, num_chunks: int = 1,
+              aesthetic_score: float = AESTHETIC_SCORES[0]) -> tuple:
+        """(context, vector) for prompts (learned words expanded, weights applied) at a target size.
+
+        A prompt of K chunks of 75 tokens (:mod:`gm.modules.encoders.prompt_chunks`) has a context of
+        77 K tokens; all prompts get the same K, at least ``num_chunks``, the shorter ones padded with empty
+        chunks. The vector's pooled text is that of each prompt's first chunk.
+        """
+        conditioner = self.engine.conditioner
+        inputs, weights = conditioner.prepare_prompts(
+            condition_batch([self.expand(p) for p in prompts], height, width, aesthetic_score=aesthetic_score),
+            num_chunks)
+        return conditioner.join_chunks(*self._embed(*inputs), weights)
 
     def encode(self, prompts, height, width, negative=None):
         """(cond, uncond) as (context, vector) pairs; an empty negative prompt gives zero text embeddings,
-        as sgm's force_zero_embeddings and diffusers' force_zeros_for_empty_prompt.
+        as sgm's force_zero_embeddings and diffusers' force_zeros_for_empty_prompt (not for the refiner:
+        :attr:`zero_empty_negative`). Negative prompts get the refiner's negative aesthetic score.
 
-        ``negative`` is one string for all prompts or one per prompt.
+        ``negative`` is one string for all prompts or one per prompt; prompts and negative prompts get the
+        same number of chunks (the shorter padded with empty ones), as guidance batches them.
         """
         if isinstance(negative, str):
             negative = [negative] * len(prompts)
-        cond = self.embed(prompts, height, width)
-        if negative is None or all(not p for p in negative):
+        if self.zero_empty_negative and (negative is None or all(not p for p in negative)):
+            cond = self.embed(prompts, height, width)
             context, vector = cond
             pooled = self.engine.conditioner.pooled_dim  # the text part of the vector; the size part stays
             vector = ops.cat([ops.zeros_like(vector[:, :pooled]), vector[:, pooled:]], axis=1)
             return cond, (ops.zeros_like(context), vector)
-        return cond, self.embed(negative, height, width)
+        negative = negative or [""] * len(prompts)
+        k = max(self.engine.conditioner.num_chunks(self.expand(p)) for p in [*prompts, *negative])
+        return self.embed(prompts, height, width, k), self.embed(negative, height, width, k, AESTHETIC_SCORES[1])
 
     # -- images ------------------------------------------------------------------------------------
+    def decode(self, z) -> np.ndarray:
+        """Scaled latents [B, 4, h, w] -> images [B, H, W, 3] uint8."""
+        return to_uint8(self._decode(z))
+
     def check_size(self, height, width):
         """ValueError unless both sides are positive multiples of :attr:`size_multiple`."""
         m = self.size_multiple
@@ -197,8 +222,9 @@ class SamplingPipeline:
         sampler = sampler or self.engine.sampler
         cond, uncond = self.encode(prompts, height, width, negative)
         rng = np.random.default_rng(seed)
-        factor = self.engine.first_stage_model.downsampling_factor
-        noise = _normal(rng, (len(prompts), LATENT_CHANNELS, height // factor, width // factor))
+        vae = self.engine.first_stage_model
+        noise = _normal(rng, (len(prompts), vae.embed_dim, height // vae.downsampling_factor,
+                              width // vae.downsampling_factor))
         x = sampler(self.engine, noise, cond, uncond, num_steps=num_steps, rng=rng, callback=callback)
         return to_uint8(self._decode(x))
 
