@@ -17,7 +17,7 @@ from gm.errors import UsageError
     ("train_textual_inversion.py", ["--device_target", "nonsense"],
      "argument --device_target: 'nonsense': expected one of CPU, GPU, Ascend"),
     ("train_textual_inversion.py", ["--resume", "maybe"], "argument --resume: expected True or False, got 'maybe'"),
-    ("demo/sampling_without_streamlit.py", ["--sampler", "heun"], "argument --sampler: invalid choice: 'heun'"),
+    ("demo/sampling_without_streamlit.py", ["--sampler", "plms"], "argument --sampler: invalid choice: 'plms'"),
     ("demo/sampling_without_streamlit.py", ["--H", "1.5"], "argument --H: invalid int value: '1.5'"),
     ("tools/export_embedding.py", ["--src", "x.ckpt"], "the following arguments are required: --format, --dst"),
     ("tools/inspect_embedding.py", [], "the following arguments are required: FILE"),

@@ -133,6 +133,7 @@ def test_switch_index():
             check_switch(bad)
 
 
+@pytest.mark.slow
 def test_two_stage_latents_match_diffusers_denoising_end_and_start(pipelines, reference, tiny_checkpoint):
     """Base to 0.8 of the schedule, refiner from there, same noise, Euler with diffusers' leading spacing, guidance
     5, empty negative prompt (zeros for the base, embedded text for the refiner, as each diffusers pipeline)."""
