@@ -139,6 +139,14 @@ class EulerAncestralSampler(BaseSampler):
         return x, None
 
 
+def _second_order(denoised, previous, sigmas, i, h):
+    """DPM-Solver++(2M)'s midpoint estimate from this step's and the previous step's x0 (first order without one)."""
+    if previous is None:
+        return denoised
+    r = math.log(float(sigmas[i - 1]) / float(sigmas[i])) / h
+    return denoised + (denoised - previous) * (1 / (2 * r))
+
+
 class DPMPP2MSampler(BaseSampler):
     """DPM-Solver++(2M) (Lu et al.), as k-diffusion's sample_dpmpp_2m / generative-models' DPMPP2MSampler.
 
@@ -153,11 +161,7 @@ class DPMPP2MSampler(BaseSampler):
         if next_sigma == 0:
             return denoised, denoised
         h = math.log(sigma / next_sigma)
-        if carry is not None:
-            r = math.log(float(sigmas[i - 1]) / sigma) / h
-            denoised_d = denoised * (1 + 1 / (2 * r)) - carry * (1 / (2 * r))
-        else:
-            denoised_d = denoised
+        denoised_d = _second_order(denoised, carry, sigmas, i, h)
         return x * (next_sigma / sigma) - denoised_d * math.expm1(-h), denoised
 
 
@@ -176,11 +180,7 @@ class DPMPP2MSDESampler(BaseSampler):
         if next_sigma == 0:
             return denoised, denoised
         h = math.log(sigma / next_sigma)
-        if carry is not None:
-            r = math.log(float(sigmas[i - 1]) / sigma) / h
-            denoised_d = denoised + (denoised - carry) * (1 / (2 * r))
-        else:
-            denoised_d = denoised
+        denoised_d = _second_order(denoised, carry, sigmas, i, h)
         fade = -math.expm1(-2 * h)
         x = x * (next_sigma / sigma * math.exp(-h)) + denoised_d * fade
         return x + _noise_like(x, rng) * (next_sigma * math.sqrt(fade)), denoised
