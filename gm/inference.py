@@ -106,7 +106,7 @@ class SamplingPipeline:
     @property
     def encoder_widths(self) -> list:
         """Width of each text encoder's token embedding (what a learned vector must have)."""
-        return [e.embedding.weight.shape[1] for e in self.engine.conditioner.text_embedders]
+        return [e.width for e in self.engine.conditioner.text_embedders]
 
     @property
     def concepts(self) -> dict:
@@ -208,6 +208,13 @@ class SamplingPipeline:
         """Scaled latents [B, 4, h, w] -> images [B, H, W, 3] uint8."""
         return to_uint8(self._decode(z))
 
+    def initial_noise(self, rng, count: int, height: int, width: int) -> Tensor:
+        """Unit-variance latent noise float32 [count, C, height / f, width / f] drawn from ``rng`` (f: the VAE's
+        downsampling factor)."""
+        vae = self.engine.first_stage_model
+        f = vae.downsampling_factor
+        return _normal(rng, (count, vae.embed_dim, height // f, width // f))
+
     def check_size(self, height, width):
         """ValueError unless both sides are positive multiples of :attr:`size_multiple`."""
         m = self.size_multiple
@@ -222,9 +229,7 @@ class SamplingPipeline:
         sampler = sampler or self.engine.sampler
         cond, uncond = self.encode(prompts, height, width, negative)
         rng = np.random.default_rng(seed)
-        vae = self.engine.first_stage_model
-        noise = _normal(rng, (len(prompts), vae.embed_dim, height // vae.downsampling_factor,
-                              width // vae.downsampling_factor))
+        noise = self.initial_noise(rng, len(prompts), height, width)
         x = sampler(self.engine, noise, cond, uncond, num_steps=num_steps, rng=rng, callback=callback)
         return to_uint8(self._decode(x))
 

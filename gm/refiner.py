@@ -3,7 +3,6 @@ the rest (an ensemble of experts, as diffusers' ``denoising_end`` / ``denoising_
 import math
 
 import numpy as np
-from mindspore import Tensor
 
 from gm.errors import UsageError, WeightFileError
 from gm.inference import SamplingPipeline
@@ -37,7 +36,7 @@ def encoder_rows(conditioner, rows: list, source: str) -> list:
     for embedder in conditioner.text_embedders:
         key = ROWS_OF[type(embedder)]
         values = rows[ENCODER_KEYS.index(key)]
-        width = embedder.embedding.weight.shape[1]
+        width = embedder.width
         if values.shape[1] != width:
             raise WeightFileError(f"{source}: {key} vectors are {values.shape[1]} wide but the model's encoder "
                                   f"takes {width}")
@@ -91,10 +90,7 @@ class TwoStagePipeline:
         sigmas = sampler.sigmas(num_steps)
         k = switch_index(sigmas, self.base.engine.denoiser.sigmas.asnumpy(), self.switch)
         rng = np.random.default_rng(seed)
-        vae = self.base.engine.first_stage_model
-        noise = rng.standard_normal((len(prompts), vae.embed_dim, height // vae.downsampling_factor,
-                                     width // vae.downsampling_factor))
-        x = Tensor(noise.astype(np.float32)) * sampler.init_noise_sigma(sigmas)
+        x = self.base.initial_noise(rng, len(prompts), height, width) * sampler.init_noise_sigma(sigmas)
         stages = ((self.base, sigmas[:k + 1], 0), (self.refiner, sigmas[k:], k))
         for pipeline, part, done in stages:
             if len(part) < 2:

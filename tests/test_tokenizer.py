@@ -153,19 +153,8 @@ def test_decode(hf):
         tok.decode([49412])
 
 
-def test_overflow(hf):
-    tok = CLIPTokenizer()
-    assert tok.overflow("a photo of a cat") == ""
-    assert tok.overflow("a " * 75) == ""
-    assert tok.overflow("a " * 75 + "red cat, sitting") == "red cat , sitting"
-    tok.add_tokens(["<cat-toy>"])
-    assert tok.overflow("a " * 74 + "b <cat-toy> c") == "<cat-toy> c"
-    ref = hf[1]()
-    long = PROMPTS[-2]
-    ids = ref(long, add_special_tokens=False).input_ids
-    assert len(ids) > 75 and tok.overflow(long) == ref.decode(ids[75:])
+def test_truncation_to_max_length():
     short = CLIPTokenizer(max_length=8)
-    assert short.overflow("one two three four five six seven eight") == "seven eight"
     assert short("one two three four five six seven eight").shape == (1, 8)
 
 

@@ -70,7 +70,7 @@ class Trainer:
                                    s.resolution, center_crop=s.center_crop, flip_p=s.flip_p, repeats=s.repeats,
                                    template_file=c.template_file, seed=s.seed, name=c.label) for c in s.concepts]
         self.model = build_model(s.config, s.weight, s.amp_level, s.amp_dtype)
-        widths = [e.embedding.weight.shape[1] for e in self.model.conditioner.text_embedders]
+        widths = [e.width for e in self.model.conditioner.text_embedders]
         for c in s.concepts:
             params = add_concept(self.model.conditioner, c.placeholder_token, c.num_vectors,
                                  rows=starting_rows(c, widths), initializer_token=c.initializer_token, seed=s.seed)

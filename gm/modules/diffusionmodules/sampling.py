@@ -161,11 +161,14 @@ class DPMPP2MSampler(BaseSampler):
         if next_sigma == 0:
             return denoised, denoised
         h = math.log(sigma / next_sigma)
-        denoised_d = _second_order(denoised, carry, sigmas, i, h)
-        return x * (next_sigma / sigma) - denoised_d * math.expm1(-h), denoised
+        return self.advance(x, _second_order(denoised, carry, sigmas, i, h), sigma, next_sigma, h, rng), denoised
+
+    def advance(self, x, denoised_d, sigma, next_sigma, h, rng):
+        """x at ``next_sigma`` from x at ``sigma`` and the step's (second-order) x0 estimate; h = log(sigma / next)."""
+        return x * (next_sigma / sigma) - denoised_d * math.expm1(-h)
 
 
-class DPMPP2MSDESampler(BaseSampler):
+class DPMPP2MSDESampler(DPMPP2MSampler):
     """DPM-Solver++(2M) SDE, midpoint variant, as k-diffusion's sample_dpmpp_2m_sde with eta 1.
 
     Each step decays x and adds fresh noise of std sigma_next * sqrt(1 - exp(-2h)), drawn from ``rng`` like
@@ -174,16 +177,10 @@ class DPMPP2MSDESampler(BaseSampler):
     solver_type="midpoint", final_sigmas_type="zero") on the same timesteps.
     """
 
-    def step(self, model, x, sigmas, i, carry, rng):
-        sigma, next_sigma = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = model(x, sigma)
-        if next_sigma == 0:
-            return denoised, denoised
-        h = math.log(sigma / next_sigma)
-        denoised_d = _second_order(denoised, carry, sigmas, i, h)
+    def advance(self, x, denoised_d, sigma, next_sigma, h, rng):
         fade = -math.expm1(-2 * h)
         x = x * (next_sigma / sigma * math.exp(-h)) + denoised_d * fade
-        return x + _noise_like(x, rng) * (next_sigma * math.sqrt(fade)), denoised
+        return x + _noise_like(x, rng) * (next_sigma * math.sqrt(fade))
 
 
 class HeunSampler(BaseSampler):

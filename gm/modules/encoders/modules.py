@@ -47,6 +47,11 @@ class TextEmbedder(AbstractEmbModel):
         """The token :class:`gm.modules.layers.Embedding`."""
         raise NotImplementedError
 
+    @property
+    def width(self) -> int:
+        """Width of a token embedding row (what a learned vector of this encoder must have)."""
+        return self.embedding.weight.shape[1]
+
     def tokenize(self, texts):
         """str or list[str] -> int32 Tensor [B, max_length] (BOS, tokens, EOS, padding)."""
         return Tensor(np.asarray(self.tokenizer(texts), np.int32))
@@ -64,7 +69,7 @@ class TextEmbedder(AbstractEmbModel):
         graphs are cached and would not see the new rows.
         """
         rows = np.asarray(rows, np.float32)
-        dim = self.embedding.weight.shape[1]
+        dim = self.width
         if rows.shape != (len(tokens), dim):
             raise ValueError(f"{len(tokens)} tokens need rows of shape [{len(tokens)}, {dim}], "
                              f"got {list(rows.shape)}")
@@ -265,7 +270,7 @@ class GeneralConditioner(nn.Cell):
         prompt's chunks joined along the sequence, the vector (pooled text) of its first chunk."""
         b, k, length = weights[0].shape
         if any((w != 1).any() for w in weights):
-            widths = [e.embedding.weight.shape[1] for e in self.text_embedders]
+            widths = [e.width for e in self.text_embedders]
             if sum(widths) != context.shape[-1]:
                 raise ValueError(f"context width {context.shape[-1]} is not that of the text embedders {widths}")
             bounds = np.cumsum([0] + widths).tolist()

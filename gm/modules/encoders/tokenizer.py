@@ -197,10 +197,6 @@ class CLIPTokenizer:
             row[:len(ids) + 2] = [self.bos_token_id, *ids, self.eos_token_id]
         return out
 
-    def overflow(self, text):
-        """Decoded text of the tokens cut off by truncation ("" if everything fits)."""
-        return self.decode(self.encode(text)[self.max_length - 2:])
-
     def decode(self, ids):
         """Text of ``ids``; added tokens are kept verbatim and separated by spaces."""
         added = self.added_tokens
