@@ -18,7 +18,8 @@ import time
 
 import mindspore as ms
 
-from gm.errors import warn
+from gm.errors import UsageError, warn
+from gm.files import atomic_output
 
 ENV = "SDXL_TI_COMPILE_CACHE"
 OFF = ("off", "none", "false", "0")
@@ -112,7 +113,7 @@ def _cache_files(entry):
         for name in files:
             path = os.path.join(folder, name)
             rel = os.path.relpath(path, entry)
-            if rel not in (MANIFEST, KEY) and not name.startswith(".probe"):
+            if rel not in (MANIFEST, KEY) and not name.startswith("."):  # ours: atomic_output's temporaries
                 found[rel] = path
     return found
 
@@ -170,12 +171,10 @@ class CompileCache:
         if not files:
             return
         listed = {rel: _file_hash(path) for rel, path in files.items()}
-        tmp = os.path.join(self.entry, f".probe{os.getpid()}")
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
+            with atomic_output(os.path.join(self.entry, MANIFEST)) as tmp, open(tmp, "w", encoding="utf-8") as f:
                 json.dump(listed, f, indent=0, sort_keys=True)
-            os.replace(tmp, os.path.join(self.entry, MANIFEST))
-        except OSError:
+        except UsageError:
             pass  # an entry without a manifest is rebuilt by the next run
 
     def close(self):
@@ -199,14 +198,11 @@ def use_compile_cache(folder, parts):
     _state["used"] = True
     text = key_text(parts)
     entry = os.path.join(os.path.abspath(folder), cache_key(parts, text))
-    probe = os.path.join(entry, f".probe{os.getpid()}")
     try:
-        os.makedirs(entry, exist_ok=True)
-        with open(probe, "w", encoding="utf-8") as f:
+        with atomic_output(os.path.join(entry, KEY)) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(probe, os.path.join(entry, KEY))
-    except OSError as e:
-        warn(f"compile cache {folder}: cannot write there ({e.strerror or e}); this run compiles without it")
+    except UsageError as e:
+        warn(f"compile cache {folder}: cannot write there; this run compiles without it ({e})")
         _set_context(enable_compile_cache=False)
         return None
     found = _cache_files(entry)
