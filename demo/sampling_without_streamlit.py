@@ -260,15 +260,15 @@ def main(argv=None):
     from gm.runtime import init_mindspore
     from gm.modules.diffusionmodules.sampling import make_sampler
 
-    config = load_config(args.config)
+    configs = [load_config(args.config)] + ([load_config(args.refiner_config)] if args.refiner_weight else [])
+    config = configs[0]
     image = read_input_image(args.img) if args.task == "img2img" else None
     init_mindspore(args.device_target, args.ms_mode)
     sampler = SamplingPipeline(build_model(config, args.weight, args.ms_amp_level, args.amp_dtype))
     if args.refiner_weight:
         from gm.refiner import TwoStagePipeline
 
-        refiner = build_model(load_config(args.refiner_config), args.refiner_weight, args.ms_amp_level,
-                              args.amp_dtype)
+        refiner = build_model(configs[1], args.refiner_weight, args.ms_amp_level, args.amp_dtype)
         sampler = TwoStagePipeline(sampler, SamplingPipeline(refiner), args.refiner_switch)
     height, width = image_size(args, config, image, sampler.size_multiple)
     if image is not None:
@@ -283,7 +283,7 @@ def main(argv=None):
     except OSError as e:
         raise UsageError(f"--save_path {args.save_path}: cannot write there ({e.strerror or e})") from None
     cache = use_compile_cache(resolve(args.compile_cache), sampling_parts(
-        [config] + ([load_config(args.refiner_config)] if args.refiner_weight else []), sampler.concepts,
+        configs, sampler.concepts,
         {**{k: v for k, v in vars(args).items() if k not in NOT_IN_GRAPHS}, "prompts": prompts, "height": height,
          "width": width, "refiner": bool(args.refiner_weight)}))
     try:
