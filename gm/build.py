@@ -10,15 +10,15 @@ from gm.checkpoints.weight_files import open_weights
 from gm.config import instantiate_from_config, load_config
 from gm.constants import AMP_DTYPES, AMP_LEVELS
 from gm.errors import ConfigError
-from gm.modules.layers import GroupNorm, LayerNorm
+from gm.modules.layers import GroupNorm, LayerNorm, downsampling_factor
 
 
 def size_multiple(config) -> int:
     """What image sides must be multiples of for a model config: the VAE's downsampling (8 for SDXL) times 2
     per UNet downsampling (32 for SDXL)."""
     params = config.model.params
-    vae = 2 ** (len(params.first_stage_config.params.ddconfig.ch_mult) - 1)
-    return vae * 2 ** (len(params.network_config.params.channel_mult) - 1)
+    return (downsampling_factor(params.first_stage_config.params.ddconfig.ch_mult)
+            * downsampling_factor(params.network_config.params.channel_mult))
 
 
 def load_weights(model: nn.Cell, path: str) -> None:

@@ -7,7 +7,8 @@ from mindspore import Tensor
 
 from conftest import TINY_CONFIG
 
-from gm.build import build_model
+from gm.build import build_model, size_multiple
+from gm.config import load_config
 from gm.errors import UsageError, WeightFileError
 from gm.inference import SamplingPipeline, condition_batch, strength_sigmas, to_uint8
 from gm.modules.diffusionmodules.sampling import EulerEDMSampler, make_sampler
@@ -168,6 +169,11 @@ def test_txt2img_is_seeded(pynative, engine):
     assert sampler.size_multiple == 32  # 8 (VAE) x 2 x 2 (the UNet's two downsamplings)
     with pytest.raises(ValueError, match="multiples of 32 for this model, got 40x32"):
         sampler.sample(["a cat"], 40, 32, sampler=method)
+
+
+def test_size_multiple_from_the_config_equals_the_models(engine):
+    assert size_multiple(load_config(TINY_CONFIG)) == engine.size_multiple == 32
+    assert engine.model.diffusion_model.downsampling_factor == 4 and engine.first_stage_model.downsampling_factor == 8
 
 
 def test_wrappers_keep_parameter_names(engine):

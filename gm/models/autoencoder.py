@@ -2,7 +2,7 @@
 from mindspore import nn, ops
 
 from gm.modules.diffusionmodules.model import Decoder, Encoder
-from gm.modules.layers import conv2d
+from gm.modules.layers import conv2d, downsampling_factor
 
 
 class AutoencoderKL(nn.Cell):
@@ -29,7 +29,7 @@ class AutoencoderKL(nn.Cell):
         self.quant_conv = conv2d(2 * cfg["z_channels"], 2 * embed_dim, 1)
         self.post_quant_conv = conv2d(embed_dim, cfg["z_channels"], 1)
         self.embed_dim = embed_dim
-        self.downsampling_factor = 2 ** (len(cfg["ch_mult"]) - 1)
+        self.downsampling_factor = downsampling_factor(cfg["ch_mult"])
 
     def encode(self, x):
         """Image -> (mean, logvar) of the latent Gaussian, each [B, embed_dim, H/8, W/8]; logvar in [-30, 20]."""

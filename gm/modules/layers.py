@@ -16,6 +16,11 @@ def _param(shape, value, name):
     return Parameter(Tensor(np.full(shape, value, np.float32)), name=name)
 
 
+def downsampling_factor(channel_mult) -> int:
+    """How much a UNet or VAE with these level multipliers shrinks a side: 2x between levels."""
+    return 2 ** (len(channel_mult) - 1)
+
+
 def linear(in_dim, out_dim, bias=True):
     """``nn.Dense`` initialised like ``torch.nn.Linear`` (its parameters are already weight/bias)."""
     bound = 1.0 / math.sqrt(in_dim)

@@ -6,7 +6,7 @@ from mindspore import nn, ops
 
 from gm.modules.attention import SpatialTransformer
 from gm.modules.diffusionmodules.util import timestep_embedding
-from gm.modules.layers import GroupNorm, conv2d, linear
+from gm.modules.layers import GroupNorm, conv2d, downsampling_factor, linear
 
 
 def normalization(channels):
@@ -114,7 +114,7 @@ class UNetModel(nn.Cell):
         if not isinstance(num_res_blocks, int):
             raise ValueError(f"UNetModel: num_res_blocks must be an int, got {num_res_blocks!r}")
         channel_mult = list(channel_mult)
-        self.downsampling_factor = 2 ** (len(channel_mult) - 1)  # one 2x downsampling between levels
+        self.downsampling_factor = downsampling_factor(channel_mult)
         depths = ([transformer_depth] * len(channel_mult) if isinstance(transformer_depth, int)
                   else list(transformer_depth))
         if len(depths) != len(channel_mult):
