@@ -317,6 +317,8 @@ class Trainer:
         s = self.s
         note = (f" (resuming at step {self.start_step})" if self.start_step
                 else " (replacing the earlier run)" if s.overwrite and run_files(s.save_path) else "")
+        used = sorted({b for d in self.datasets for b in d.buckets})
+        buckets = ", aspect-ratio buckets " + ", ".join(f"{w}x{h}" for h, w in used) if s.aspect_buckets else ""
         lines = [f"model config        {s.config_path}", f"weights             {s.weight}"]
         for c, d in zip(s.concepts, self.datasets):
             init = c.initializer_file or c.initializer_token or "random"
@@ -337,8 +339,7 @@ class Trainer:
             f"validation          {s.validation_samples} held-out samples per concept every {s.infer_interval} steps"
             if s.validation_samples else "validation          off",
             f"best weights        by {self.criterion} (best_ti.ckpt)" if self.criterion else "best weights        -",
-            f"resolution          {s.resolution}" + (", aspect-ratio buckets " + ", ".join(
-                f"{w}x{h}" for h, w in sorted({b for d in self.datasets for b in d.buckets})) if s.aspect_buckets else ""),
+            f"resolution          {s.resolution}{buckets}",
             f"MindSpore           {ms.__version__}, {ms.get_context('device_target')}, "
             f"{'graph' if ms.get_context('mode') == 0 else 'PyNative'} mode, "
             + ("fp32" if s.amp_level == "O0" else f"mixed precision {s.amp_level} {s.amp_dtype} (VAE fp32)"),
