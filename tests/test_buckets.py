@@ -47,6 +47,7 @@ def test_bucket_list(resolution, count):
 @pytest.mark.parametrize("size, bucket", [
     ((1000, 1000), (1024, 1024)), ((2000, 1000), (704, 1472)), ((1000, 2000), (1472, 704)),
     ((4000, 1000), (512, 2048)), ((1200, 1000), (960, 1088)), ((16000, 1000), (512, 2048)),
+    ((1066, 1000), (960, 1088)),  # nearer 1088/960 than 1 in log ratio (in the plain ratio: nearer 1)
 ])
 def test_nearest_bucket_by_log_aspect(size, bucket):
     buckets = bucket_sizes(1024)
@@ -162,7 +163,7 @@ def test_command_line_errors_are_one_line(case, tiny_checkpoint, tmp_path, capsy
     folder = make_folder(tmp_path, sizes)
     code, out, err = run_main(capsys, main, "--config", TINY_TRAIN, "--weight", tiny_checkpoint, "--data_path",
                               folder, "--save_path", str(tmp_path / "run"), "--resolution", resolution,
-                              "--aspect_buckets", "True", "--ms_mode", "1")
+                              "--aspect_buckets", "True", "--ms_mode", "1", "--total_step", "1")
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 1 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
     expected = (f"error: --data_path {folder}: none of its 2 image files" if case == "too_small" else

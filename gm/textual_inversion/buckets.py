@@ -25,13 +25,13 @@ def check_resolution(name, resolution):
 
 
 def bucket_sizes(resolution):
-    """(height, width) of the buckets at ``resolution``, widest last (see the module docstring)."""
+    """(height, width) of the buckets at ``resolution``, widest last (see the module docstring): per height,
+    the widest width; kept if the height is also the tallest for that width."""
     area = resolution * resolution
     sizes = []
     for height in range(STEP, MAX_ASPECT * resolution + 1, STEP):
         width = area // height // STEP * STEP
-        if width and max(height, width) <= MAX_ASPECT * min(height, width) \
-                and (width + STEP) * height > area and width * (height + STEP) > area:
+        if width and max(height, width) <= MAX_ASPECT * min(height, width) and width * (height + STEP) > area:
             sizes.append((height, width))
     return sizes[::-1]
 
