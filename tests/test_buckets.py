@@ -155,6 +155,23 @@ def test_only_too_small_images_are_one_error(tmp_path, capsys):
     assert len(capsys.readouterr().err.splitlines()) == 2
 
 
+def test_the_setting_is_flag_over_config_over_default(tmp_path):
+    from gm.textual_inversion.settings import check_settings
+    from train_textual_inversion import parser, settings
+
+    config = tmp_path / "buckets.yaml"
+    config.write_text(f"base: {TINY_TRAIN}\ntrain:\n  aspect_buckets: true\n  resolution: 96\n")
+    read = lambda *flags: settings(parser().parse_args(["--data_path", str(tmp_path), *flags]))
+    assert read("--config", TINY_TRAIN).aspect_buckets is False
+    from_config = read("--config", str(config))
+    assert from_config.aspect_buckets is True and "aspect_buckets" in from_config.from_config
+    with pytest.raises(UsageError, match=f"^{config}: train.resolution 96: --aspect_buckets needs a multiple of 64"):
+        check_settings(from_config)
+    flag = read("--config", str(config), "--aspect_buckets", "False")
+    assert flag.aspect_buckets is False
+    check_settings(flag)
+
+
 @pytest.mark.parametrize("case", ["too_small", "resolution"])
 def test_command_line_errors_are_one_line(case, tiny_checkpoint, tmp_path, capsys, keep_mode):
     from train_textual_inversion import main
