@@ -83,7 +83,8 @@ def size_problem(width, height, resolution, buckets=None):
     Skipped: a long side more than :data:`MAX_ASPECT` times the short side (resizing the short side to
     ``resolution`` would make a huge, mostly cropped-away image: 4000x10 at 1024 px is 409600x1024), and a
     short side under ``resolution / MIN_SIDE_DIVISOR`` (it would be blown up more than 8 times); given
-    ``buckets``, an image that covering its nearest bucket would enlarge more than 8 times.
+    ``buckets``, instead of the short side: an image that covering its nearest bucket would enlarge more than
+    8 times (for a square bucket, the same rule).
     """
     short, long = sorted((width, height))
     if long > MAX_ASPECT * short:
