@@ -76,6 +76,10 @@ def parser():
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="norm for --clip_grad")
     g.add_argument("--resolution", type=int, default=None, help="training image side, multiple of 8 (config)")
     g.add_argument("--center_crop", type=str2bool, default=None, help="center crop (else a few random crops)")
+    g.add_argument("--aspect_buckets", type=str2bool, default=None,
+                   help="crop each image to the bucket nearest its aspect ratio (sides multiples of 64, area at "
+                        "most --resolution squared, up to 4:1) instead of a square; --resolution a multiple of 64 "
+                        "(config: train.aspect_buckets; default False)")
     g.add_argument("--flip_p", type=float, default=None, help="probability of a horizontal flip (config)")
     g.add_argument("--repeats", type=int, default=None, help="times each image appears per epoch (config)")
     g.add_argument("--seed", type=int, default=42, help="seed of initialisation, data order and noise")
@@ -221,7 +225,9 @@ def main(argv=None):
     from gm.textual_inversion.trainer import Trainer
 
     trainer = Trainer(settings(args), parallel=parallel)
-    cache = use_compile_cache(None if args.is_parallel else resolve(args.compile_cache), training_parts(trainer.s))
+    # with aspect buckets the order of the graphs' shapes depends on the images: no cache (it matches by order)
+    off = args.is_parallel or trainer.s.aspect_buckets
+    cache = use_compile_cache(None if off else resolve(args.compile_cache), training_parts(trainer.s))
     try:
         step = trainer.run()
     finally:

@@ -719,7 +719,7 @@ def test_held_out_views_and_validation_samples_are_fixed():
         assert view.pixels.shape == (3, 64, 64)
         assert all(np.abs(view.pixels - v.pixels).max() > 0.05 for v in data.views)
     sigmas = np.linspace(14.6, 0.03, 1000, dtype=np.float32)
-    a, b = (ValidationSet(data, views, sigmas, 8, (4, 8, 8), seed=3) for _ in range(2))
+    a, b = (ValidationSet(data, views, sigmas, 8, [(4, 8, 8)] * len(views), seed=3) for _ in range(2))
     assert a.prompts == b.prompts and a.view_ids == b.view_ids == [0, 1, 2, 3, 4, 0, 1, 2]
     assert all(np.array_equal(x, y) for x, y in zip(a.noise + a.latent_noise, b.noise + b.latent_noise))
     np.testing.assert_array_equal(a.sigmas, sigmas[[62, 187, 312, 437, 562, 687, 812, 937]])

@@ -19,6 +19,12 @@ of the image before resizing, and a mirrored view is a crop of the horizontally 
 image, so its ``crop_coords_top_left`` is (top, left) in that flipped image. For a random crop at
 ``left`` that is ``W - left - resolution`` (the mirror of the unflipped crop, W the resized width);
 for a center crop it is the centered offset again, ``round((W - resolution) / 2)``.
+
+With ``aspect_buckets`` (:mod:`gm.textual_inversion.buckets`) each image is resized to cover the bucket
+nearest its aspect ratio and cropped to that bucket instead of the square (the same crops, flips and
+conditioning, ``target_size`` the bucket's), and every global batch of :meth:`TIDataset.sample` holds
+views of one bucket. An image is then too small when covering its bucket would enlarge it more than
+``MIN_SIDE_DIVISOR`` times (the square's rule: a square bucket is enlarged ``resolution / short side``).
 """
 import os
 import warnings
@@ -29,6 +35,7 @@ from PIL import Image, ImageOps
 
 from gm.checks import check_value
 from gm.errors import UsageError, warn
+from gm.textual_inversion.buckets import bucket_sizes, check_resolution, enlargement, nearest_bucket, resize_to_cover
 from gm.textual_inversion.templates import check_property, load_templates
 from gm.textual_inversion.words import check_vectors, check_word, placeholder_tokens
 
@@ -70,31 +77,39 @@ def image_files(folder, flag="--data_path"):
     return [os.path.join(folder, n) for n in names]
 
 
-def size_problem(width, height, resolution):
+def size_problem(width, height, resolution, buckets=None):
     """Why an image of ``width`` x ``height`` is not used to train at ``resolution``, or None.
 
     Skipped: a long side more than :data:`MAX_ASPECT` times the short side (resizing the short side to
     ``resolution`` would make a huge, mostly cropped-away image: 4000x10 at 1024 px is 409600x1024), and a
-    short side under ``resolution / MIN_SIDE_DIVISOR`` (it would be blown up more than 8 times).
+    short side under ``resolution / MIN_SIDE_DIVISOR`` (it would be blown up more than 8 times); given
+    ``buckets``, instead of the short side: an image that covering its nearest bucket would enlarge more than
+    8 times (for a square bucket, the same rule).
     """
     short, long = sorted((width, height))
     if long > MAX_ASPECT * short:
         return (f"{width}x{height} is longer than {MAX_ASPECT}:1 (a square crop would keep little of it; at "
                 f"--resolution {resolution} it would be resized to {int(resolution * long / short)} pixels long)")
+    if buckets:
+        bucket = nearest_bucket(width, height, buckets)
+        scale = enlargement(width, height, bucket)
+        return (f"{width}x{height} is too small for its {bucket[1]}x{bucket[0]} bucket at --resolution {resolution} "
+                f"(it would be enlarged {scale:.1f} times, more than {MIN_SIDE_DIVISOR})"
+                if scale > MIN_SIDE_DIVISOR else None)
     if short * MIN_SIDE_DIVISOR < resolution:
         return (f"{width}x{height} is too small for --resolution {resolution} (its short side is under "
                 f"{-(-resolution // MIN_SIDE_DIVISOR)} pixels, 1/{MIN_SIDE_DIVISOR} of the resolution)")
     return None
 
 
-def read_image(path, resolution=None, flag="--data_path"):
+def read_image(path, resolution=None, flag="--data_path", buckets=None):
     """The image at ``path`` as RGB, or None (with one warning line naming the file) if it cannot be read
-    or, given the training ``resolution``, its size is not usable (:func:`size_problem`)."""
+    or, given the training ``resolution`` (and ``buckets``), its size is not usable (:func:`size_problem`)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large photos are fine: resized
             with Image.open(path) as image:
-                problem = resolution and size_problem(image.width, image.height, resolution)
+                problem = resolution and size_problem(image.width, image.height, resolution, buckets)
                 if problem:
                     warn(f"{flag}: skipping {path}: {problem}")
                     return None
@@ -105,13 +120,13 @@ def read_image(path, resolution=None, flag="--data_path"):
         return None
 
 
-def iter_images(folder, resolution=None, flag="--data_path"):
-    """Yield ``(path, RGB image)`` for the usable images of ``folder`` (readable and, given ``resolution``,
-    of a usable size), one at a time, by name; UsageError if there are none."""
+def iter_images(folder, resolution=None, flag="--data_path", buckets=None):
+    """Yield ``(path, RGB image)`` for the usable images of ``folder`` (readable and, given ``resolution``
+    and maybe ``buckets``, of a usable size), one at a time, by name; UsageError if there are none."""
     paths = image_files(folder, flag)
     found = 0
     for path in paths:
-        image = read_image(path, resolution, flag)
+        image = read_image(path, resolution, flag, buckets)
         if image is not None:
             found += 1
             yield path, image
@@ -158,21 +173,9 @@ def read_caption(image_path, placeholder_token, flag="--data_path"):
     return captions
 
 
-def resize_short_side(image, resolution):
-    """Resize so the short side is ``resolution`` (bicubic); long side truncated as torchvision."""
-    w, h = image.size
-    if min(w, h) == resolution:
-        return image
-    if w <= h:
-        size = (resolution, int(resolution * h / w))
-    else:
-        size = (int(resolution * w / h), resolution)
-    return image.resize(size, Image.BICUBIC)
-
-
 @dataclass(frozen=True)
 class View:
-    """One distinct training array: a square crop of a resized image, maybe mirrored.
+    """One distinct training array: a square (or bucket) crop of a resized image, maybe mirrored.
 
     ``crop_coords_top_left`` is (top, left) in the resized image, flipped first if ``flipped``.
     """
@@ -186,7 +189,7 @@ class View:
 
     @property
     def pixels(self):
-        """float32 [3, resolution, resolution] in [-1, 1]."""
+        """float32 [3, height, width] (``target_size``) in [-1, 1]."""
         source = self.resized[:, ::-1] if self.flipped else self.resized
         top, left = self.crop_coords_top_left
         h, w = self.target_size
@@ -203,9 +206,12 @@ def check_concept(placeholder_token, num_vectors, learnable_property, name="--{}
     check_property(learnable_property, name("learnable_property"))
 
 
-def _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed, name):
+def _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed, name,
+                aspect_buckets):
     check_concept(placeholder_token, num_vectors, learnable_property, name)
     check_value("--resolution", resolution, "multiple_of_8")
+    if aspect_buckets:
+        check_resolution("--resolution", resolution)
     check_value("--flip_p", flip_p, "probability")
     check_value("--repeats", repeats, "count")
     check_value("--seed", seed, "natural")
@@ -216,14 +222,16 @@ class TIDataset:
 
     Attributes: ``paths`` (readable images, by name), ``captions`` (per image: list of caption
     templates or None), ``templates``, ``views`` (list of :class:`View`; a view id is its index),
-    ``epoch_length`` (images x repeats).
+    ``epoch_length`` (images x repeats), ``buckets`` (per image: the (height, width) of its crops).
     """
 
     def __init__(self, folder, placeholder_token, num_vectors=1, learnable_property="object",
                  resolution=1024, center_crop=True, flip_p=0.5, repeats=100, template_file=None, seed=0,
-                 name="--{}".format):
+                 name="--{}".format, aspect_buckets=False):
         """``name(key)`` is how an error names the concept's ``key`` (default: its flag)."""
-        _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed, name)
+        _check_args(placeholder_token, num_vectors, learnable_property, resolution, flip_p, repeats, seed, name,
+                    aspect_buckets)
+        self.aspect_buckets = bool(aspect_buckets)
         self.placeholder_token = placeholder_token
         self.num_vectors = int(num_vectors)
         self.learnable_property = learnable_property
@@ -236,18 +244,22 @@ class TIDataset:
         source = f" of {name('template_file')} {template_file}" if template_file else ""
         check_vectors(name("num_vectors"), self.num_vectors,
                       [(t, f"the template {t!r}{source}") for t in self.templates])
-        self.paths, self.captions, self.views = [], [], []
+        self.paths, self.captions, self.views, self.buckets = [], [], [], []
         self._crops = []
         self._view_ids = {}
-        for index, (path, image) in enumerate(iter_images(folder, self.resolution, name("data_path"))):
+        sizes = bucket_sizes(self.resolution) if self.aspect_buckets else None
+        for index, (path, image) in enumerate(iter_images(folder, self.resolution, name("data_path"), sizes)):
             self.paths.append(path)
             self.captions.append(read_caption(path, placeholder_token, name("data_path")))
             check_vectors(name("num_vectors"), self.num_vectors,
                           [(c, f"the caption {c!r} of {path}") for c in self.captions[-1] or ()])
-            self._add_views(index, image)
+            self.buckets.append(nearest_bucket(image.width, image.height, sizes) if sizes
+                                else (self.resolution, self.resolution))
+            self._add_views(index, image, self.buckets[-1])
         self.num_images = len(self.paths)
         self.epoch_length = self.num_images * self.repeats
         self._perm_epoch, self._perm = None, None
+        self._batches_key, self._batches = None, None
 
     @property
     def placeholder_tokens(self):
@@ -259,12 +271,11 @@ class TIDataset:
         """``"<tok> <tok>_1 ... <tok>_{N-1}"``: what replaces ``{}`` in prompts."""
         return " ".join(self.placeholder_tokens)
 
-    def _crop_offsets(self, index, height, width):
-        """(top, left) crop offsets in the unflipped resized image."""
-        r = self.resolution
+    def _crop_offsets(self, index, height, width, bucket):
+        """(top, left) crop offsets of a ``bucket`` (h, w) crop in the unflipped resized image."""
         if self.center_crop:
-            return [(int(round((height - r) / 2.0)), int(round((width - r) / 2.0)))]
-        rows, cols = height - r + 1, width - r + 1
+            return [(int(round((height - bucket[0]) / 2.0)), int(round((width - bucket[1]) / 2.0)))]
+        rows, cols = height - bucket[0] + 1, width - bucket[1] + 1
         count = min(RANDOM_CROPS, rows * cols)
         rng = np.random.default_rng([_CROP_STREAM, self.seed, index])
         picks = np.sort(rng.choice(rows * cols, size=count, replace=False))
@@ -277,19 +288,18 @@ class TIDataset:
             return (True,)
         return (False, True)
 
-    def _add_views(self, index, image):
+    def _add_views(self, index, image, bucket):
         original_size = (image.height, image.width)
-        resized = np.asarray(resize_short_side(image, self.resolution), np.uint8)
+        resized = np.asarray(resize_to_cover(image, bucket), np.uint8)
         height, width = resized.shape[:2]
-        offsets = self._crop_offsets(index, height, width)
+        offsets = self._crop_offsets(index, height, width, bucket)
         self._crops.append(len(offsets))
-        r = self.resolution
         for crop_index, (top, left) in enumerate(offsets):
             for flipped in self._flip_states():
-                left_in_view = width - left - r if flipped and not self.center_crop else left
+                left_in_view = width - left - bucket[1] if flipped and not self.center_crop else left
                 self._view_ids[(index, crop_index, flipped)] = len(self.views)
                 self.views.append(View(index, crop_index, flipped, original_size, (top, left_in_view),
-                                       (r, r), resized))
+                                       bucket, resized))
 
     def _permutation(self, epoch):
         if epoch != self._perm_epoch:
@@ -297,10 +307,26 @@ class TIDataset:
             self._perm_epoch, self._perm = epoch, rng.permutation(self.epoch_length)
         return self._perm
 
-    def sample_at(self, index):
-        """``(view_id, prompt)`` of global sample ``index`` (0, 1, ... across epochs)."""
-        epoch, position = divmod(index, self.epoch_length)
-        image = int(self._permutation(epoch)[position]) % self.num_images
+    def _bucket_batches(self, epoch, size):
+        """Epoch ``epoch``'s global batches of ``size`` image indices, each of one bucket: per bucket its
+        images x repeats shuffled, cut into batches (the last one filled from the bucket's start), then all
+        batches shuffled."""
+        if self._batches_key != (epoch, size):
+            rng = np.random.default_rng([_EPOCH_STREAM, self.seed, epoch, size])
+            batches = []
+            for bucket in sorted(set(self.buckets)):
+                images = [i for i, b in enumerate(self.buckets) if b == bucket] * self.repeats
+                order = rng.permutation(images)
+                batches += list(np.resize(order, -(-len(order) // size) * size).reshape(-1, size))
+            self._batches_key, self._batches = (epoch, size), [batches[i] for i in rng.permutation(len(batches))]
+        return self._batches
+
+    def sample_at(self, index, image=None):
+        """``(view_id, prompt)`` of global sample ``index`` (0, 1, ... across epochs); its image is drawn from
+        the epoch's order unless given."""
+        if image is None:
+            epoch, position = divmod(index, self.epoch_length)
+            image = int(self._permutation(epoch)[position]) % self.num_images
         rng = np.random.default_rng([_SAMPLE_STREAM, self.seed, index])
         crop = int(rng.integers(self._crops[image]))
         flipped = bool(rng.random() < self.flip_p)
@@ -311,18 +337,28 @@ class TIDataset:
     def sample(self, step, batch_size, rank=0, world_size=1):
         """``[(view_id, prompt)] * batch_size`` for ``rank`` at ``step``.
 
-        The global batch of a step is ``batch_size * world_size`` consecutive samples of the order;
-        rank r takes its r-th slice, so 2 ranks x batch 1 see what 1 rank x batch 2 sees.
+        The global batch of a step is ``batch_size * world_size`` consecutive samples of the order (with
+        aspect buckets: the step's batch of :meth:`_bucket_batches`, one bucket); rank r takes its r-th
+        slice, so 2 ranks x batch 1 see what 1 rank x batch 2 sees.
         """
         if step < 0 or batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad sample arguments: step={step} batch_size={batch_size} "
                              f"rank={rank} world_size={world_size}")
         start = (step * world_size + rank) * batch_size
-        return [self.sample_at(i) for i in range(start, start + batch_size)]
+        if not self.aspect_buckets:
+            return [self.sample_at(i) for i in range(start, start + batch_size)]
+        size = batch_size * world_size
+        epoch, position = divmod(step, self.steps_per_epoch(batch_size, world_size))
+        images = self._bucket_batches(epoch, size)[position][rank * batch_size:(rank + 1) * batch_size]
+        return [self.sample_at(start + i, int(image)) for i, image in enumerate(images)]
 
     def steps_per_epoch(self, batch_size, world_size=1):
-        """Optimizer steps to go once through images x repeats (the last one may cross epochs)."""
-        return -(-self.epoch_length // (batch_size * world_size))
+        """Optimizer steps to go once through images x repeats (the last one may cross epochs; with aspect
+        buckets, each bucket's last batch is filled up)."""
+        size = batch_size * world_size
+        if self.aspect_buckets:
+            return sum(-(-self.buckets.count(b) * self.repeats // size) for b in set(self.buckets))
+        return -(-self.epoch_length // size)
 
     def size_conditioning(self, view_ids):
         """SDXL's size/crop inputs of views, as float32 [n, 2] arrays keyed by conditioner input key."""

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from gm.build import size_multiple
 from gm.checks import check_value
 from gm.errors import UsageError
+from gm.textual_inversion.buckets import check_resolution
 from gm.textual_inversion.dataset import check_concept
 from gm.textual_inversion.embeddings import trained_encoders
 from gm.textual_inversion.templates import load_templates
@@ -60,6 +61,7 @@ class Settings:
     max_grad_norm: float = 1.0
     resolution: int = 1024
     center_crop: bool = True
+    aspect_buckets: bool = False  # crop each image to its aspect-ratio bucket (gm.textual_inversion.buckets)
     flip_p: float = 0.5
     repeats: int = 100
     save_ckpt_interval: int = 500
@@ -101,6 +103,7 @@ OPTIONS = {
     "max_grad_norm": ("--max_grad_norm", None, "positive"),
     "resolution": ("--resolution", "train.resolution", "multiple_of_8"),
     "center_crop": ("--center_crop", "train.center_crop", "boolean"),
+    "aspect_buckets": ("--aspect_buckets", "train.aspect_buckets", "boolean"),
     "flip_p": ("--flip_p", "train.flip_p", "probability"),
     "repeats": ("--repeats", "train.repeats", "count"),
     "save_ckpt_interval": ("--save_ckpt_interval", "train.save_ckpt_interval", "count"),
@@ -137,6 +140,8 @@ def check_settings(s):
     if s.resolution % multiple:
         raise UsageError(f"{setting_name(s, 'resolution')} {s.resolution}: this model needs a multiple of {multiple} "
                          "(the VAE's 8 times 2 per UNet downsampling)")
+    if s.aspect_buckets:
+        check_resolution(setting_name(s, "resolution"), s.resolution)
     if s.measure_concept is not None:
         from gm.toyworld.concepts import CONCEPTS
 

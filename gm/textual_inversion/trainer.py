@@ -38,6 +38,19 @@ def diverged(step, what):
                       "files saved before this step are kept")
 
 
+def same_size(views, ids):
+    """``ids`` (indices of ``views``) grouped by the views' size, in order of first appearance."""
+    groups = {}
+    for i in ids:
+        groups.setdefault(views[i].target_size, []).append(i)
+    return list(groups.values())
+
+
+def stack(arrays, ids):
+    """The ``arrays`` at ``ids`` (all of one shape) as one Tensor."""
+    return Tensor(np.stack([arrays[i] for i in ids]))
+
+
 class Trainer:
     """Builds everything from :class:`Settings` and runs the loop."""
 
@@ -68,7 +81,8 @@ class Trainer:
                              "tools/convert_weight.py, or try --demo True without --weight)")
         self.datasets = [TIDataset(c.data_path, c.placeholder_token, c.num_vectors, c.learnable_property,
                                    s.resolution, center_crop=s.center_crop, flip_p=s.flip_p, repeats=s.repeats,
-                                   template_file=c.template_file, seed=s.seed, name=c.label) for c in s.concepts]
+                                   template_file=c.template_file, seed=s.seed, name=c.label,
+                                   aspect_buckets=s.aspect_buckets) for c in s.concepts]
         self.model = build_model(s.config, s.weight, s.amp_level, s.amp_dtype)
         widths = [e.width for e in self.model.conditioner.text_embedders]
         for c in s.concepts:
@@ -98,7 +112,7 @@ class Trainer:
                 param.set_data(Tensor(state[f"rows_{i}"]))
             self.optimizer.load_state([state[f"moment_{i}"] for i in range(2 * len(self.params))])
         self.sigma_sampler = self.model.loss_fn.sigma_sampler
-        self.latents = []
+        self.latents = []  # per concept: (means, logvars), one array per view
         self.validation = []  # per concept: [(inputs of one micro-batch, samples in it)]
         wanted = s.infer_during_train or s.measure_concept
         self.sampler = SamplingPipeline(self.model) if wanted and self.parallel.is_main else None
@@ -155,33 +169,34 @@ class Trainer:
                 views = held_out_views(dataset, self.s.seed)
                 means, logvars = self._moments(encode, views)
                 samples = ValidationSet(dataset, views, self.sigma_sampler.sigmas, self.s.validation_samples,
-                                        means.shape[1:], self.s.seed, c)
+                                        [m.shape for m in means], self.s.seed, c)
                 self.validation.append(self._validation_batches(samples, means, logvars))
 
     def _moments(self, encode, views, chunk=4):
-        """(means, logvars) of ``views`` through the VAE, ``chunk`` at a time."""
-        means, logvars = [], []
-        for start in tqdm(range(0, len(views), chunk), desc="caching latents", leave=False,
-                          disable=not self.parallel.is_main):
-            group = views[start:start + chunk]
-            pixels = np.stack([v.pixels for v in group] + [group[-1].pixels] * (chunk - len(group)))
-            mean, logvar = encode(Tensor(pixels))
-            means.append(mean.asnumpy()[:len(group)])
-            logvars.append(logvar.asnumpy()[:len(group)])
-        return np.concatenate(means), np.concatenate(logvars)
+        """(means, logvars) of ``views`` through the VAE, one array per view; views of one size go
+        ``chunk`` at a time."""
+        chunks = [ids[start:start + chunk] for ids in same_size(views, range(len(views)))
+                  for start in range(0, len(ids), chunk)]
+        means, logvars = [None] * len(views), [None] * len(views)
+        for ids in tqdm(chunks, desc="caching latents", leave=False, disable=not self.parallel.is_main):
+            pixels = np.stack([views[i].pixels for i in ids] + [views[ids[-1]].pixels] * (chunk - len(ids)))
+            mean, logvar = (m.asnumpy() for m in encode(Tensor(pixels)))
+            for k, i in enumerate(ids):
+                means[i], logvars[i] = mean[k], logvar[k]
+        return means, logvars
 
     def _validation_batches(self, samples, means, logvars):
         """The validation samples as micro-batches of the training batch size (so the training graph
-        serves them); a last, short batch is filled with copies of weight 0."""
+        serves them), of one view size each; a bucket's last, short batch is filled with copies of weight 0."""
         batch, batches = self.s.batch_size, []
-        for start in range(0, len(samples), batch):
-            real = list(range(start, min(start + batch, len(samples))))
+        groups = same_size([samples.views[v] for v in samples.view_ids], range(len(samples)))
+        for real in (group[start:start + batch] for group in groups for start in range(0, len(group), batch)):
             picked = real + [real[-1]] * (batch - len(real))
             view_ids = [samples.view_ids[j] for j in picked]
             sizes = size_conditioning([samples.views[v] for v in view_ids])
             cond = self.model.conditioner.prepare({"txt": [samples.prompts[j] for j in picked], **sizes})
             weight = np.asarray([1.0] * len(real) + [0.0] * (batch - len(real)), np.float32)
-            inputs = (Tensor(means[view_ids]), Tensor(logvars[view_ids]),
+            inputs = (stack(means, view_ids), stack(logvars, view_ids),
                       Tensor(np.stack([samples.latent_noise[j] for j in picked])),
                       Tensor(np.stack([samples.noise[j] for j in picked])), Tensor(samples.sigmas[picked]),
                       Tensor(weight), *cond)
@@ -203,11 +218,11 @@ class Trainer:
         for g in range(first, first + batch):
             rng = np.random.default_rng([self.s.seed, concept_index, g])
             sigmas.append(self.sigma_sampler(1, rng)[1][0])
-            latent_noise.append(rng.standard_normal(means.shape[1:]).astype(np.float32))
-            noise.append(rng.standard_normal(means.shape[1:]).astype(np.float32))
+            latent_noise.append(rng.standard_normal(means[view_ids[0]].shape).astype(np.float32))
+            noise.append(rng.standard_normal(means[view_ids[0]].shape).astype(np.float32))
         batch_dict = {"txt": [p for _, p in samples], **dataset.size_conditioning(view_ids)}
         cond = self.model.conditioner.prepare(batch_dict)
-        return (Tensor(means[view_ids]), Tensor(logvars[view_ids]), Tensor(np.stack(latent_noise)),
+        return (stack(means, view_ids), stack(logvars, view_ids), Tensor(np.stack(latent_noise)),
                 Tensor(np.stack(noise)), Tensor(np.asarray(sigmas, np.float32)),
                 Tensor(min_snr_weights(sigmas, self.s.snr_gamma)), *cond)
 
@@ -302,6 +317,8 @@ class Trainer:
         s = self.s
         note = (f" (resuming at step {self.start_step})" if self.start_step
                 else " (replacing the earlier run)" if s.overwrite and run_files(s.save_path) else "")
+        used = sorted({b for d in self.datasets for b in d.buckets})
+        buckets = ", aspect-ratio buckets " + ", ".join(f"{w}x{h}" for h, w in used) if s.aspect_buckets else ""
         lines = [f"model config        {s.config_path}", f"weights             {s.weight}"]
         for c, d in zip(s.concepts, self.datasets):
             init = c.initializer_file or c.initializer_token or "random"
@@ -322,7 +339,7 @@ class Trainer:
             f"validation          {s.validation_samples} held-out samples per concept every {s.infer_interval} steps"
             if s.validation_samples else "validation          off",
             f"best weights        by {self.criterion} (best_ti.ckpt)" if self.criterion else "best weights        -",
-            f"resolution          {s.resolution}",
+            f"resolution          {s.resolution}{buckets}",
             f"MindSpore           {ms.__version__}, {ms.get_context('device_target')}, "
             f"{'graph' if ms.get_context('mode') == 0 else 'PyNative'} mode, "
             + ("fp32" if s.amp_level == "O0" else f"mixed precision {s.amp_level} {s.amp_dtype} (VAE fp32)"),
