@@ -52,7 +52,8 @@ def train_ours(args, concept, work):
                "--save_ckpt_interval", str(interval), "--max_num_ckpt", str(len(steps) * max(steps)),
                "--save_path", work, "--seed", str(args.seed), "--device_target", "CPU", *shlex.split(args.ours_args)]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    files = {int(re.search(r"_(\d+)_ti\.ckpt$", p).group(1)): p for p in glob.glob(os.path.join(work, "weights", "*"))}
+    found = (re.search(r"_(\d+)_ti\.ckpt$", p) for p in glob.glob(os.path.join(work, "weights", "*_ti.ckpt")))
+    files = {int(m.group(1)): m.string for m in found if m}  # best_ti.ckpt has no step
     with open(os.path.join(work, "loss.csv")) as f:
         seconds = np.cumsum([float(row["step_seconds"]) for row in csv.DictReader(f)])
     return {s: files[s] for s in steps}, {0: 0.0, **{s: float(seconds[s - 1]) for s in steps}}

@@ -704,6 +704,21 @@ def test_preserve_norm_rescales_each_row_to_its_encoders_norm(keep_mode):
     np.testing.assert_allclose(params[1].asnumpy(), np.full((1, 3), 2 / np.sqrt(3)), rtol=1e-6)
 
 
+@pytest.mark.slow
+def test_preserve_norm_trains_in_graph_mode_with_the_compile_cache(weights, tmp_path):
+    """A run as users start it (its own process, graph mode, compile cache on): the rescale is a graph of
+    its own, which the cache must be able to export; every saved row has its encoder's word norm."""
+    save = str(tmp_path / "run")
+    result = train(*tiny(weights, "--data_path", DEMO_TOY, "--save_path", save, "--total_step", "2",
+                         "--train_batch_size", "1", "--preserve_norm", "True", "--compile_cache",
+                         str(tmp_path / "cache")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    ti = read_ti(os.path.join(save, "weights", "SD-XL-tiny_2_ti.ckpt"))
+    last = log_rows(save)[-1]
+    for key in ("clip_l", "clip_g"):
+        np.testing.assert_allclose(np.linalg.norm(ti[key], axis=1), float(last[f"word_norm_{key}"]), rtol=1e-5)
+
+
 def test_held_out_views_and_validation_samples_are_fixed():
     """One held-out view per image, the same for the same seed, never a training view (other scale); the
     validation samples' views, prompts, noise and evenly spread noise levels are the same each time."""

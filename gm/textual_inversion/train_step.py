@@ -81,7 +81,8 @@ class ClippedAdamW(nn.Cell):
 
 class PreserveNorm(nn.Cell):
     """``--preserve_norm``: after each optimiser step, every learned row rescaled to its encoder's ``norms``
-    value (the mean norm of the encoder's ordinary word rows), keeping its direction."""
+    value (the mean norm of the encoder's ordinary word rows), keeping its direction. Returns the rows: a
+    graph that returns nothing cannot be exported to MindSpore's compile cache."""
 
     def __init__(self, params, norms):
         super().__init__()
@@ -89,8 +90,10 @@ class PreserveNorm(nn.Cell):
         self.norms = tuple(float(n) for n in norms)
 
     def construct(self):
+        rows = ()
         for param, norm in zip(self.params, self.norms):
-            ops.assign(param, param * (norm / ops.norm(param, dim=1, keepdim=True)))
+            rows += (ops.assign(param, param * (norm / ops.norm(param, dim=1, keepdim=True))),)
+        return rows
 
 
 def learning_rate(step, base_lr, total_steps, warmup_steps=0, schedule="constant"):
