@@ -284,8 +284,8 @@ class Trainer:
         self.scores[step] = scores
         for name, v in scores.items():
             parts = ", ".join(f"{a} {100 * v[a]:.0f} %" for a in concept.attributes)
-            self.writer.message(f"step {step}: {s.measure_concept} {name}: concept {100 * v['concept']:.0f} %, with the rest of "
-                       f"the prompt {100 * v['prompt']:.0f} % ({parts}) of {s.measure_samples} samples")
+            self.writer.message(f"step {step}: {s.measure_concept} {name}: concept {100 * v['concept']:.0f} %, with the "
+                                f"rest of the prompt {100 * v['prompt']:.0f} % ({parts}) of {s.measure_samples} samples")
         return {"concept_score": attribute_share(concept, scores),
                 **{f"{name}_concept": v["concept"] for name, v in scores.items()}}
 
