@@ -8,6 +8,7 @@ from tqdm import tqdm
 from gm.textual_inversion.embeddings import save_ti
 from gm.textual_inversion.outputs import check_save_path, clear_run
 from gm.textual_inversion.state import write_state
+from gm.textual_inversion.tensorboard_log import EventLog
 
 
 class RunWriter:
@@ -20,6 +21,7 @@ class RunWriter:
         self.s = s
         self.outputs = outputs
         self.out = outputs[0]
+        self.events = None  # the TensorBoard log (--log_with tensorboard), from start() on
 
     def check(self):
         """Refuse a ``--save_path`` whose earlier run would be lost; writes nothing."""
@@ -27,14 +29,18 @@ class RunWriter:
 
     def start(self, start_step):
         """The run starts writing: ``--overwrite True`` removes the earlier run's files; the loss log keeps
-        its rows up to ``start_step``."""
+        its rows up to ``start_step``; with --log_with tensorboard a new event file begins at the next step."""
         if self.s.overwrite:
             clear_run(self.s.save_path)
         self.out.start_loss_log(start_step)
+        if self.s.log_with == "tensorboard":
+            self.events = EventLog(self.out.logs_dir, start_step + 1)
 
     def log(self, row):
-        """One step's loss log row ({column: value})."""
+        """One step's loss log row ({column: value}), also as TensorBoard scalars (the empty ones left out)."""
         self.out.log_row(row)
+        if self.events:
+            self.events.scalars(row["step"], {k: v for k, v in row.items() if k != "step" and v is not None})
 
     def save(self, step, concept_rows, rows, moments, best):
         """Each concept's ``_ti.ckpt`` of ``step`` (its rows per encoder, in ``concept_rows``; the oldest
