@@ -95,8 +95,9 @@ def parser():
     g.add_argument("--save_path", default="runs/textual_inversion",
                    help="output folder; one that holds an earlier run is refused unless --resume or --overwrite")
     g.add_argument("--overwrite", type=str2bool, default=False,
-                   help="replace the earlier run in --save_path: its _ti.ckpt files, train_state.ckpt, loss log "
-                        "and samples are deleted once this run has been checked and starts writing")
+                   help="replace the earlier run in --save_path: its _ti.ckpt files, train_state.ckpt, loss log, "
+                        "samples and TensorBoard event files are deleted once this run has been checked and "
+                        "starts writing")
     g.add_argument("--save_ckpt_interval", type=int, default=None, help="save the _ti.ckpt every N steps (config)")
     g.add_argument("--max_num_ckpt", type=int, default=None,
                    help="keep at most N >= 1 _ti.ckpt files (config; a config without max_num_ckpt keeps all)")

@@ -39,7 +39,7 @@ class RunWriter:
     def log(self, row):
         """One step's loss log row ({column: value}), also as TensorBoard scalars (the empty ones left out)."""
         self.out.log_row(row)
-        if self.events:
+        if self.events is not None:
             self.events.scalars(row["step"], {k: v for k, v in row.items() if k != "step" and v is not None})
 
     def save(self, step, concept_rows, rows, moments, best):
