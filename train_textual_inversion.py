@@ -99,11 +99,15 @@ def parser():
     g.add_argument("--save_path", default="runs/textual_inversion",
                    help="output folder; one that holds an earlier run is refused unless --resume or --overwrite")
     g.add_argument("--overwrite", type=str2bool, default=False,
-                   help="replace the earlier run in --save_path: its _ti.ckpt files, train_state.ckpt, loss log "
-                        "and samples are deleted once this run has been checked and starts writing")
+                   help="replace the earlier run in --save_path: its _ti.ckpt files, train_state.ckpt, loss log, "
+                        "samples and TensorBoard event files are deleted once this run has been checked and "
+                        "starts writing")
     g.add_argument("--save_ckpt_interval", type=int, default=None, help="save the _ti.ckpt every N steps (config)")
     g.add_argument("--max_num_ckpt", type=int, default=None,
                    help="keep at most N >= 1 _ti.ckpt files (config; a config without max_num_ckpt keeps all)")
+    g.add_argument("--log_with", default=None,
+                   help="none, or tensorboard: every loss.csv column also as TensorBoard scalars in "
+                        "--save_path/logs (view with tensorboard --logdir; config: train.log_with; default none)")
     g.add_argument("--infer_during_train", type=str2bool, default=False,
                    help="sample images for a fixed prompt and seed every --infer_interval steps")
     g.add_argument("--infer_interval", type=int, default=None, help="steps between samples (config: infer)")

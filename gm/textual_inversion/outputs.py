@@ -7,6 +7,8 @@
     loss.csv, loss.png                 loss log (one row per step; telemetry columns) and its plot
     samples/step_{step}.png            images for a fixed prompt and seed (--infer_during_train)
     samples/progression.png            one row per inference step: the concept appearing
+    logs/events.out.tfevents.*         loss.csv's columns as TensorBoard scalars, one file per session
+                                       (--log_with tensorboard; gm.textual_inversion.tensorboard_log)
 """
 import glob
 import os
@@ -26,7 +28,7 @@ LOG_FIELDS = ("step", "loss", "lr", "step_seconds")
 # --overwrite True removes (nothing else in the folder is touched).
 RUN_MARKERS = ("train_state.ckpt", "loss.csv", "weights/*_ti.ckpt", "weights/*/*_ti.ckpt")
 RUN_FILES = RUN_MARKERS + ("loss.png", "samples/step_*.png", "samples/progression.png",
-                           "samples/*/step_*.png", "samples/*/progression.png")
+                           "samples/*/step_*.png", "samples/*/progression.png", "logs/events.out.tfevents.*")
 
 
 def run_files(save_path, patterns=RUN_FILES):
@@ -88,6 +90,7 @@ class RunOutputs:
         self.state_path = os.path.join(save_path, "train_state.ckpt")
         self.loss_path = os.path.join(save_path, "loss.csv")
         self.curve_path = os.path.join(save_path, "loss.png")
+        self.logs_dir = os.path.join(save_path, "logs")
         self.best_path = os.path.join(self.weights_dir, "best_ti.ckpt")
 
     def ti_path(self, step):

@@ -79,6 +79,7 @@ class Settings:
     snr_gamma: float = None  # min-SNR-gamma loss weights (None: the plain eps loss)
     preserve_norm: bool = False  # rescale learned rows to the ordinary words' mean norm after each step
     seed: int = 42
+    log_with: str = "none"  # also write loss.csv's columns to: none or tensorboard (logs/events.out.tfevents.*)
     train_encoders: str = None  # "l", "g" or "l,g" (gm.textual_inversion.embeddings.trained_encoders)
     resume: bool = False
     overwrite: bool = False  # replace an earlier run in save_path (removed when this run starts writing)
@@ -115,6 +116,7 @@ OPTIONS = {
     "measure_concept": ("--measure_concept", None, None),
     "measure_samples": (None, "infer.measure_samples", "count"),
     "seed": ("--seed", None, "natural"),
+    "log_with": ("--log_with", "train.log_with", None),
     "validation_samples": ("--validation_samples", "infer.validation_samples", "natural"),
     "best_by": ("--best_by", None, None),
     "snr_gamma": ("--snr_gamma", "train.snr_gamma", "positive"),
@@ -160,6 +162,8 @@ def check_settings(s):
                              "least 1")
     if s.lr_scheduler not in ("constant", "cosine"):
         raise UsageError(f"{setting_name(s, 'lr_scheduler')} {s.lr_scheduler!r}: expected constant or cosine")
+    if s.log_with not in ("none", "tensorboard"):
+        raise UsageError(f"{setting_name(s, 'log_with')} {s.log_with!r}: expected none or tensorboard")
     if s.infer_prompt is not None:
         try:
             s.infer_prompt.format("")

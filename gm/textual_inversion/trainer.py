@@ -13,7 +13,6 @@ import time
 import numpy as np
 import mindspore as ms
 from mindspore import Tensor
-from tqdm import tqdm
 
 from gm.build import build_model
 from gm.checks import check_outputs
@@ -24,13 +23,14 @@ from gm.modules.diffusionmodules.loss import min_snr_weights
 from gm.modules.diffusionmodules.sampling import make_sampler
 from gm.parallel import SingleProcess
 from gm.textual_inversion.dataset import TIDataset, size_conditioning
-from gm.textual_inversion.embeddings import (ENCODER_KEYS, ENCODERS, add_concept, concept_rows, save_ti,
-                                             starting_rows, trained_encoders)
-from gm.textual_inversion.outputs import RunOutputs, check_save_path, clear_run, run_files
+from gm.textual_inversion.embeddings import (ENCODER_KEYS, ENCODERS, add_concept, concept_rows, starting_rows,
+                                             trained_encoders)
+from gm.textual_inversion.outputs import RunOutputs, run_files
 from gm.textual_inversion.settings import INFER_PROMPTS, best_criterion, check_settings, setting_name
-from gm.textual_inversion.state import check_shapes, read_state, write_state
+from gm.textual_inversion.state import check_shapes, read_state
 from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, PreserveNorm, as_lr, learning_rate
 from gm.textual_inversion.validation import ValidationSet, held_out_views
+from gm.textual_inversion.writer import run_writer
 
 def diverged(step, what):
     """The error that stops a run whose numbers are no longer finite."""
@@ -64,12 +64,12 @@ class Trainer:
         check_outputs([("--save_path", s.save_path)], inputs, kind="folder")
         self.s = s
         self.parallel = parallel or SingleProcess()
-        if self.parallel.is_main:
-            check_save_path(s.save_path, s.resume, s.overwrite)
         version = s.config.get("version", "SD-XL")
         multi = len(s.concepts) > 1
         self.outputs = [RunOutputs(s.save_path, version, c.name if multi else None) for c in s.concepts]
         self.out = self.outputs[0]
+        self.writer = run_writer(self.parallel, s, self.outputs)  # rank 0 writes, the others write nothing
+        self.writer.check()
         state = read_state(self.out.state_path, s.concepts) if s.resume else {"step": 0}
         if state["step"] >= s.total_step:
             raise UsageError(f"--resume: the run in {s.save_path} is already at step {state['step']} "
@@ -115,6 +115,7 @@ class Trainer:
         self.latents = []  # per concept: (means, logvars), one array per view
         self.validation = []  # per concept: [(inputs of one micro-batch, samples in it)]
         wanted = s.infer_during_train or s.measure_concept
+        # samples and the concept meter only feed rank 0's outputs: the other ranks skip that work
         self.sampler = SamplingPipeline(self.model) if wanted and self.parallel.is_main else None
         self.scores = {}  # {step: {measure: score}} of --measure_concept
         self.stop_requested = False
@@ -124,18 +125,12 @@ class Trainer:
         return concept_rows(self.model.conditioner, concept.placeholder_token, concept.num_vectors)
 
     def save(self, step):
-        """Each concept's ``_ti.ckpt`` and the resume state, all atomic; old files pruned (main rank).
-        Vectors that are not finite stop the run instead (every rank, so all stop alike)."""
+        """Each concept's ``_ti.ckpt``, the resume state and the loss plot (:meth:`RunWriter.save`). Vectors
+        that are not finite stop the run instead (every rank, so all stop alike)."""
         rows = [p.asnumpy() for p in self.params]
         if not all(np.isfinite(r).all() for r in rows):
             raise diverged(step, "the learned vectors are not finite")
-        if not self.parallel.is_main:
-            return
-        for concept, out in zip(self.s.concepts, self.outputs):
-            save_ti(out.ti_path(step), concept.placeholder_token, self.rows(concept))
-            out.prune(self.s.max_num_ckpt)
-        write_state(self.out.state_path, rows, self.optimizer.state(), step, self.s.seed, self.s.concepts,
-                    self.best)
+        self.writer.save(step, [self.rows(c) for c in self.s.concepts], rows, self.optimizer.state(), self.best)
 
     def norms(self):
         """loss.csv's norm columns: each learned row's norm per encoder (rows of every concept, in concept
@@ -178,7 +173,7 @@ class Trainer:
         chunks = [ids[start:start + chunk] for ids in same_size(views, range(len(views)))
                   for start in range(0, len(ids), chunk)]
         means, logvars = [None] * len(views), [None] * len(views)
-        for ids in tqdm(chunks, desc="caching latents", leave=False, disable=not self.parallel.is_main):
+        for ids in self.writer.progress(chunks, desc="caching latents", leave=False):
             pixels = np.stack([views[i].pixels for i in ids] + [views[ids[-1]].pixels] * (chunk - len(ids)))
             mean, logvar = (m.asnumpy() for m in encode(Tensor(pixels)))
             for k, i in enumerate(ids):
@@ -270,9 +265,8 @@ class Trainer:
         values = {}
         if self.validation:
             values["validation_loss"] = self.validate()
-            if self.parallel.is_main:
-                tqdm.write(f"step {step}: validation loss {values['validation_loss']:.6f}")
-        if self.s.measure_concept and self.parallel.is_main:
+            self.writer.message(f"step {step}: validation loss {values['validation_loss']:.6f}")
+        if self.s.measure_concept and self.sampler:
             values.update(self.measure(step))
         lower = self.criterion == "validation_loss"  # lower is better; the concept score: higher
         value = values.get("validation_loss" if lower else "concept_score")
@@ -280,20 +274,18 @@ class Trainer:
             return values
         if self.best is None or (value < self.best[1] if lower else value > self.best[1]):
             self.best = (step, value)
-            if self.parallel.is_main:
-                for concept, out in zip(self.s.concepts, self.outputs):
-                    save_ti(out.best_path, concept.placeholder_token, self.rows(concept))
+            self.writer.save_best([self.rows(c) for c in self.s.concepts])
         return values
 
     def sample(self, step):
         """Images for each concept's fixed prompt and seed (one progression row per call)."""
         sampler = make_sampler("euler", self.s.infer_steps, self.s.guidance_scale)
-        for concept, dataset, out in zip(self.s.concepts, self.datasets, self.outputs):
+        for c, (concept, dataset) in enumerate(zip(self.s.concepts, self.datasets)):
             prompt = self.s.infer_prompt or INFER_PROMPTS[concept.learnable_property]
             prompt = prompt.format(dataset.expanded_placeholder)
             images = self.sampler.sample([prompt] * self.s.infer_images, self.s.resolution, self.s.resolution,
                                          seed=self.s.seed, sampler=sampler)
-            out.save_samples(step, images)
+            self.writer.save_samples(c, step, images)
 
     def measure(self, step):
         """The concept meter's reading of samples of the word's test prompts (fresh seeds), printed; returned
@@ -308,12 +300,13 @@ class Trainer:
         self.scores[step] = scores
         for name, v in scores.items():
             parts = ", ".join(f"{a} {100 * v[a]:.0f} %" for a in concept.attributes)
-            tqdm.write(f"step {step}: {s.measure_concept} {name}: concept {100 * v['concept']:.0f} %, with the rest of "
-                       f"the prompt {100 * v['prompt']:.0f} % ({parts}) of {s.measure_samples} samples")
+            self.writer.message(f"step {step}: {s.measure_concept} {name}: concept {100 * v['concept']:.0f} %, with the "
+                                f"rest of the prompt {100 * v['prompt']:.0f} % ({parts}) of {s.measure_samples} samples")
         return {"concept_score": attribute_share(concept, scores),
                 **{f"{name}_concept": v["concept"] for name, v in scores.items()}}
 
     def summary(self):
+        """The run's key settings, as printed at its start."""
         s = self.s
         note = (f" (resuming at step {self.start_step})" if self.start_step
                 else " (replacing the earlier run)" if s.overwrite and run_files(s.save_path) else "")
@@ -345,21 +338,16 @@ class Trainer:
             + ("fp32" if s.amp_level == "O0" else f"mixed precision {s.amp_level} {s.amp_dtype} (VAE fp32)"),
             f"output              {s.save_path}{note}",
         ]
-        print("Key settings\n" + "\n".join("  " + line for line in lines), flush=True)
+        return "Key settings\n" + "\n".join("  " + line for line in lines)
 
     def run(self):
         """Train to ``total_step``; on SIGINT/SIGTERM save the state and stop after the current step."""
-        main = self.parallel.is_main
-        if main:
-            self.summary()
+        self.writer.message(self.summary())
         self.cache_latents()
-        if main:
-            if self.s.overwrite:
-                clear_run(self.s.save_path)
-            self.out.start_loss_log(self.start_step)
+        self.writer.start(self.start_step)
         previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-        bar = tqdm(total=self.s.total_step, initial=self.start_step, desc="training", unit="step",
-                   dynamic_ncols=True, disable=not main)
+        bar = self.writer.progress(total=self.s.total_step, initial=self.start_step, desc="training", unit="step",
+                                   dynamic_ncols=True)
         step = self.start_step
         if step == 0:  # the word's initial vectors: the scores before training, the first progression row
             self.evaluate(0)
@@ -375,13 +363,10 @@ class Trainer:
                 bar.update(1)
                 due = step % self.s.infer_interval == 0 or step == self.s.total_step
                 values = self.evaluate(step) if due else {}
-                if main:
-                    self.out.log_row({"step": step, "loss": loss, "lr": lr, "step_seconds": seconds,
-                                      **self.norms(), **values})
+                self.writer.log({"step": step, "loss": loss, "lr": lr, "step_seconds": seconds, **self.norms(),
+                                 **values})
                 if step % self.s.save_ckpt_interval == 0 or step == self.s.total_step:
                     self.save(step)
-                    if main:
-                        self.out.save_loss_curve()
                 if due and self.sampler and self.s.infer_during_train:
                     self.sample(step)
         finally:
@@ -390,9 +375,7 @@ class Trainer:
                 signal.signal(sig, handler)
         if step < self.s.total_step:
             self.save(step)
-            if main:
-                self.out.save_loss_curve()
-                print(f"stopped at step {step}; continue with --resume True", flush=True)
+            self.writer.message(f"stopped at step {step}; continue with --resume True")
         return step
 
     def _request_stop(self, signum, frame):
