@@ -26,6 +26,15 @@ def rel_err(ours, ref):
     return float(np.linalg.norm(ours - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cpu_device():
+    """MindSpore's device set to CPU before any test runs a kernel: after that, ``set_device`` (the ms_mode
+    fixture, an in-process ``--device_target CPU``) is refused unless it was called first, and in-process
+    command lines without ``--device_target`` do run kernels."""
+    import mindspore as ms
+    ms.set_device("CPU")
+
+
 @pytest.fixture(params=[1, 0], ids=["pynative", "graph"])
 def ms_mode(request):
     """Run a test in PyNative (1) and graph (0) mode on CPU."""
