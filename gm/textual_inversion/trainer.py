@@ -32,6 +32,7 @@ from gm.textual_inversion.train_step import ClippedAdamW, LossAndGrads, Preserve
 from gm.textual_inversion.validation import ValidationSet, held_out_views
 from gm.textual_inversion.writer import run_writer
 
+
 def diverged(step, what):
     """The error that stops a run whose numbers are no longer finite."""
     return UsageError(f"step {step}: {what}: training diverged (try a lower --learning_rate); stopped, the "
@@ -300,8 +301,9 @@ class Trainer:
         self.scores[step] = scores
         for name, v in scores.items():
             parts = ", ".join(f"{a} {100 * v[a]:.0f} %" for a in concept.attributes)
-            self.writer.message(f"step {step}: {s.measure_concept} {name}: concept {100 * v['concept']:.0f} %, with the "
-                                f"rest of the prompt {100 * v['prompt']:.0f} % ({parts}) of {s.measure_samples} samples")
+            self.writer.message(f"step {step}: {s.measure_concept} {name}: concept {100 * v['concept']:.0f} %, "
+                                f"with the rest of the prompt {100 * v['prompt']:.0f} % ({parts}) of "
+                                f"{s.measure_samples} samples")
         return {"concept_score": attribute_share(concept, scores),
                 **{f"{name}_concept": v["concept"] for name, v in scores.items()}}
 
